@@ -1,0 +1,287 @@
+"""Activation caching: prompts → chat format → backend → `activations.safetensors` + `meta.json`.
+
+Layout of `activations.safetensors`:
+
+- single-position modes (`last`, `mean`): `activations` [n_prompts, n_layers, d_model].
+- token modes (`all`, `user`, `system`, `response`): `activations` [n_tokens, n_layers, d_model]
+  with every selected token of every prompt, prompt after prompt; `offsets` [n_prompts + 1]
+  (prompt i owns rows offsets[i]:offsets[i+1]); `positions` [n_tokens] (the token's index in the
+  formatted prompt) and `token_ids` [n_tokens].
+
+Prompts are sorted by length into batches (less padding), rows are written in place at their
+prompt's index, and progress is recorded after each batch: rerunning the same command resumes.
+The file appears under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .backends import get_backend, make_batch
+from .chat import SINGLE_POSITION_MODES, ChatFormat, FormattedPrompt, check_positions
+from .errors import SublensError
+from .io import config_hash, git_commit, package_versions, read_json, sha256_text, write_json
+from .models import LoadedModel
+from .prompts import PromptSet
+from .tensorfile import RowWriter
+
+ACTIVATIONS_FILE = "activations.safetensors"
+META_FILE = "meta.json"
+PROGRESS_FILE = "progress.json"
+PROMPTS_FILE = "prompts.jsonl"
+_OUR_FILES = (
+    ACTIVATIONS_FILE,
+    ACTIVATIONS_FILE + ".partial",
+    META_FILE,
+    PROGRESS_FILE,
+    PROMPTS_FILE,
+)
+
+
+@dataclass
+class CacheSpec:
+    """What to cache; its hash identifies a run directory's contents."""
+
+    model: str
+    layers: list[int]
+    positions: str = "last"
+    system_prompt: str | None = None
+    backend: str = "tl"
+    batch_size: int = 16
+    prompt_sha256: list[str] = field(default_factory=list)
+
+    def key(self) -> str:
+        return config_hash(asdict(self))
+
+
+def format_prompts(
+    fmt: ChatFormat, prompts: PromptSet, system_prompt: str | None
+) -> list[FormattedPrompt]:
+    return [fmt.format(messages, system=system_prompt) for messages in prompts.messages]
+
+
+def _check_output_dir(out: Path, key: str, overwrite: bool) -> str:
+    """'fresh', 'resume' or 'complete'; refuses a directory holding something else."""
+    if not out.exists():
+        return "fresh"
+    if not out.is_dir():
+        raise SublensError(f"output path {str(out)!r} is a file: choose a directory")
+    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return "fresh"
+    meta_path = out / META_FILE
+    same = meta_path.exists() and read_json(meta_path).get("spec_key") == key
+    if same and not overwrite:
+        return "complete" if (out / ACTIVATIONS_FILE).exists() else "resume"
+    if not overwrite:
+        raise SublensError(
+            f"output path {str(out)!r} already holds something else (not an earlier run of this "
+            "cache): choose another --output-path or pass --overwrite"
+        )
+    for name in _OUR_FILES:
+        (out / name).unlink(missing_ok=True)
+    return "fresh"
+
+
+def cache_activations(
+    loaded: LoadedModel,
+    prompts: PromptSet,
+    output_path: str | Path,
+    layers: list[int],
+    positions: str = "last",
+    system_prompt: str | None = None,
+    backend: str = "tl",
+    batch_size: int = 16,
+    overwrite: bool = False,
+    quiet: bool = False,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Cache residual-stream activations of `prompts`; returns the run's metadata."""
+    t_start = time.perf_counter()
+    check_positions(positions)
+    loaded.check_layers(layers)
+    if not layers:
+        raise SublensError("no layers given: pass e.g. --layers 6,12,18 or --layers all")
+    if batch_size <= 0:
+        raise SublensError(f"--batch-size must be positive, got {batch_size}")
+    if system_prompt is not None and not system_prompt.strip():
+        raise SublensError("the system prompt is empty: give its text or leave it out")
+    fmt = ChatFormat(loaded.tokenizer)
+    formatted = format_prompts(fmt, prompts, system_prompt)
+    selected = [fp.positions(positions) for fp in formatted]
+    spec = CacheSpec(
+        model=loaded.name,
+        layers=list(layers),
+        positions=positions,
+        system_prompt=system_prompt,
+        backend=backend,
+        batch_size=batch_size,
+        prompt_sha256=[sha256_text(fp.text) for fp in formatted],
+    )
+    key = spec.key()
+    out = Path(output_path)
+    state = _check_output_dir(out, key, overwrite)
+    if state == "complete":
+        meta = read_json(out / META_FILE)
+        meta["reused"] = True
+        return meta
+    out.mkdir(parents=True, exist_ok=True)
+
+    single = positions in SINGLE_POSITION_MODES
+    n, n_layers, d = len(formatted), len(layers), loaded.d_model
+    counts = np.array([len(s) for s in selected], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    if single:
+        tensors = {"activations": (np.float32, (n, n_layers, d))}
+    else:
+        total = int(offsets[-1])
+        tensors = {
+            "activations": (np.float32, (total, n_layers, d)),
+            "offsets": (np.int64, (n + 1,)),
+            "positions": (np.int64, (total,)),
+            "token_ids": (np.int64, (total,)),
+        }
+    meta: dict[str, Any] = {
+        "kind": "activation-cache",
+        "spec_key": key,
+        "model": loaded.describe(),
+        "layers": list(layers),
+        "positions": positions,
+        "layout": "single" if single else "tokens",
+        "system_prompt": system_prompt,
+        "chat_style": fmt.style,
+        "prompts": {"source": prompts.source, "n": n, "sha256": spec.prompt_sha256},
+        "backend": backend,
+        "batch_size": batch_size,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "complete": False,
+        **(extra_meta or {}),
+    }
+    write_json(out / META_FILE, meta)
+    write_json_lines(out / PROMPTS_FILE, [{"text": fp.text} for fp in formatted])
+
+    order = sorted(range(n), key=lambda i: (len(formatted[i].input_ids), i))
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    progress_path = out / PROGRESS_FILE
+    done: set[int] = set()
+    writer = RowWriter(out / ACTIVATIONS_FILE, tensors, {"format": "pt"}, resume=state == "resume")
+    if writer.resumed and progress_path.exists():
+        prog = read_json(progress_path)
+        if prog.get("spec_key") == key:
+            done = set(prog["done"])
+    try:
+        if not single:
+            writer.write_rows("offsets", 0, offsets)
+            for i, sel in enumerate(selected):
+                writer.write_rows("positions", int(offsets[i]), np.array(sel, dtype=np.int64))
+                ids = np.array(formatted[i].input_ids, dtype=np.int64)[sel]
+                writer.write_rows("token_ids", int(offsets[i]), ids)
+        be = get_backend(backend, loaded)
+        pad_id = loaded.tokenizer.pad_token_id
+        t_model = 0.0
+        todo = [b for b in range(len(batches)) if b not in done]
+        bar = tqdm(
+            total=n,
+            initial=n - sum(len(batches[b]) for b in todo),
+            disable=quiet,
+            desc=f"cache {loaded.name} [{backend}]",
+            unit="prompt",
+        )
+        for b in todo:
+            idx = batches[b]
+            batch = make_batch([formatted[i].input_ids for i in idx], pad_id)
+            width = batch.input_ids.shape[1]
+            rows, cols = [], []
+            for r, i in enumerate(idx):
+                pad = width - len(formatted[i].input_ids)
+                rows += [r] * len(selected[i])
+                cols += [pad + p for p in selected[i]]
+            t0 = time.perf_counter()
+            acts = be.residual(batch, layers, torch.tensor(rows), torch.tensor(cols)).cpu()
+            t_model += time.perf_counter() - t0
+            start = 0
+            for i in idx:
+                chunk = acts[start : start + len(selected[i])]
+                start += len(selected[i])
+                if single:
+                    row = chunk[-1:] if positions == "last" else chunk.mean(dim=0, keepdim=True)
+                    writer.write_rows("activations", i, row.numpy())
+                else:
+                    writer.write_rows("activations", int(offsets[i]), chunk.numpy())
+            writer.flush()
+            done.add(b)
+            write_json(progress_path, {"spec_key": key, "done": sorted(done)})
+            bar.update(len(idx))
+        bar.close()
+        writer.finish()
+    finally:
+        writer.close()
+    progress_path.unlink(missing_ok=True)
+    meta.update(
+        complete=True,
+        n_tokens=int(offsets[-1]),
+        shape=list(tensors["activations"][1]),
+        timings={"total_s": round(time.perf_counter() - t_start, 3), "model_s": round(t_model, 3)},
+    )
+    write_json(out / META_FILE, meta)
+    return meta
+
+
+def write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    import json
+
+    from .io import write_text
+
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@dataclass
+class ActivationCache:
+    """A cached run, loaded back: activations plus their metadata."""
+
+    activations: torch.Tensor
+    meta: dict[str, Any]
+    offsets: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    token_ids: torch.Tensor | None = None
+
+    def layer(self, layer: int) -> torch.Tensor:
+        """Activations at one model layer: [n_rows, d_model]."""
+        if layer not in self.meta["layers"]:
+            raise SublensError(
+                f"layer {layer} is not cached here (cached: {self.meta['layers']}): recache it"
+            )
+        return self.activations[:, self.meta["layers"].index(layer)]
+
+    def per_prompt(self, i: int) -> torch.Tensor:
+        if self.offsets is None:
+            return self.activations[i : i + 1]
+        return self.activations[self.offsets[i] : self.offsets[i + 1]]
+
+
+def load_cache(path: str | Path) -> ActivationCache:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_path, act_path = path / META_FILE, path / ACTIVATIONS_FILE
+    if not meta_path.exists() or not act_path.exists():
+        raise SublensError(
+            f"{str(path)!r} is not a complete activation cache (needs {META_FILE} and "
+            f"{ACTIVATIONS_FILE}): run `sublens cache` into it first"
+        )
+    tensors = load_file(str(act_path))
+    return ActivationCache(
+        tensors["activations"],
+        read_json(meta_path),
+        tensors.get("offsets"),
+        tensors.get("positions"),
+        tensors.get("token_ids"),
+    )
