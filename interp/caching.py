@@ -90,6 +90,37 @@ def _check_output_dir(out: Path, key: str, overwrite: bool) -> str:
     return "fresh"
 
 
+def length_batches(formatted: list[FormattedPrompt], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped into batches of similar length (less padding), deterministically."""
+    order = sorted(range(len(formatted)), key=lambda i: (len(formatted[i].input_ids), i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def run_batch(
+    loaded: LoadedModel,
+    backend: str,
+    formatted: list[FormattedPrompt],
+    selected: list[list[int]],
+    idx: list[int],
+    layers: list[int],
+) -> list[torch.Tensor]:
+    """Residual stream of prompts `idx` at their selected token positions, one forward pass.
+
+    Returns, per prompt, a CPU tensor [len(selected[i]), len(layers), d_model].
+    """
+    batch = make_batch([formatted[i].input_ids for i in idx], loaded.tokenizer.pad_token_id)
+    width = batch.input_ids.shape[1]
+    rows, cols = [], []
+    for r, i in enumerate(idx):
+        pad = width - len(formatted[i].input_ids)
+        rows += [r] * len(selected[i])
+        cols += [pad + p for p in selected[i]]
+    acts = get_backend(backend, loaded).residual(
+        batch, layers, torch.tensor(rows), torch.tensor(cols)
+    )
+    return list(acts.cpu().split([len(selected[i]) for i in idx]))
+
+
 def cache_activations(
     loaded: LoadedModel,
     prompts: PromptSet,
@@ -168,8 +199,7 @@ def cache_activations(
     write_json(out / META_FILE, meta)
     write_json_lines(out / PROMPTS_FILE, [{"text": fp.text} for fp in formatted])
 
-    order = sorted(range(n), key=lambda i: (len(formatted[i].input_ids), i))
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    batches = length_batches(formatted, batch_size)
     progress_path = out / PROGRESS_FILE
     done: set[int] = set()
     writer = RowWriter(out / ACTIVATIONS_FILE, tensors, {"format": "pt"}, resume=state == "resume")
@@ -184,8 +214,6 @@ def cache_activations(
                 writer.write_rows("positions", int(offsets[i]), np.array(sel, dtype=np.int64))
                 ids = np.array(formatted[i].input_ids, dtype=np.int64)[sel]
                 writer.write_rows("token_ids", int(offsets[i]), ids)
-        be = get_backend(backend, loaded)
-        pad_id = loaded.tokenizer.pad_token_id
         t_model = 0.0
         todo = [b for b in range(len(batches)) if b not in done]
         bar = tqdm(
@@ -196,21 +224,10 @@ def cache_activations(
             unit="prompt",
         )
         for b in todo:
-            idx = batches[b]
-            batch = make_batch([formatted[i].input_ids for i in idx], pad_id)
-            width = batch.input_ids.shape[1]
-            rows, cols = [], []
-            for r, i in enumerate(idx):
-                pad = width - len(formatted[i].input_ids)
-                rows += [r] * len(selected[i])
-                cols += [pad + p for p in selected[i]]
             t0 = time.perf_counter()
-            acts = be.residual(batch, layers, torch.tensor(rows), torch.tensor(cols)).cpu()
+            per_prompt = run_batch(loaded, backend, formatted, selected, batches[b], layers)
             t_model += time.perf_counter() - t0
-            start = 0
-            for i in idx:
-                chunk = acts[start : start + len(selected[i])]
-                start += len(selected[i])
+            for i, chunk in zip(batches[b], per_prompt, strict=True):
                 if single:
                     row = chunk[-1:] if positions == "last" else chunk.mean(dim=0, keepdim=True)
                     writer.write_rows("activations", i, row.numpy())
@@ -219,7 +236,7 @@ def cache_activations(
             writer.flush()
             done.add(b)
             write_json(progress_path, {"spec_key": key, "done": sorted(done)})
-            bar.update(len(idx))
+            bar.update(len(batches[b]))
         bar.close()
         writer.finish()
     finally:
