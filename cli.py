@@ -129,6 +129,128 @@ def cache_cmd(
     )
 
 
+vectors_app = typer.Typer(help="Fit, inspect and export steering vectors.", no_args_is_help=True)
+app.add_typer(vectors_app, name="vectors")
+
+
+@vectors_app.command("fit")
+def vectors_fit_cmd(
+    system_prompt: Annotated[
+        str, typer.Option("--system-prompt", help="The trait prompt the vector approximates.")
+    ],
+    model: Model = "smollm2-135m",
+    method: Annotated[
+        str, typer.Option("--method", help="diff-mean, pca, logistic or kl-fit.")
+    ] = "diff-mean",
+    layers: Annotated[str, typer.Option("--layers", help="e.g. 12, 6,12,18 or all.")] = "all",
+    positions: Annotated[
+        str, typer.Option("--positions", help="last, all or response (not used by kl-fit).")
+    ] = "last",
+    prompts: Annotated[str, typer.Option("--prompts", help="JSONL or numbers:N.")] = "numbers:512",
+    steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 100,
+    lr: Annotated[float | None, typer.Option("--lr", help="kl-fit step size.")] = None,
+    max_norm: Annotated[
+        float | None, typer.Option("--max-norm", help="kl-fit norm bound per layer.")
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Teacher sample length (kl-fit, response).")
+    ] = 16,
+    backend: Annotated[str, typer.Option("--backend", help="tl, nnsight or hf.")] = "hf",
+    output_path: OutputPath = None,
+    seed: Seed = 0,
+    limit: Limit = None,
+    batch_size: BatchSize = 16,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Fit a steering vector that approximates a system prompt."""
+    from interp.fitting import check_method, fit_vector
+    from interp.generation import sample_responses
+    from interp.io import config_hash
+    from interp.layers import parse_layers
+    from interp.models import load_model
+    from interp.prompts import load_prompts
+
+    check_method(method)
+    if not system_prompt.strip():
+        raise SublensError("the trait prompt is empty: give the system prompt to approximate")
+    if steps <= 0:
+        raise SublensError(f"--steps must be positive, got {steps}")
+    prompt_set = load_prompts(prompts, seed=seed).limit(limit)
+    loaded = load_model(model, device=device, trust_remote_code=trust_remote_code)
+    layer_list = parse_layers(layers, loaded.n_layers)
+    responses = None
+    if method == "kl-fit" or positions == "response":
+        _echo(quiet, f"sampling {len(prompt_set)} teacher responses ...")
+        responses = sample_responses(
+            loaded,
+            prompt_set.messages,
+            system_prompt=system_prompt,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            batch_size=batch_size,
+            quiet=quiet,
+        )
+    vector = fit_vector(
+        loaded,
+        prompt_set,
+        system_prompt,
+        layer_list,
+        method=method,
+        positions=positions,
+        backend=backend,
+        batch_size=batch_size,
+        responses=responses,
+        steps=steps,
+        lr=lr,
+        max_norm=max_norm,
+        seed=seed,
+        quiet=quiet,
+    )
+    if output_path is None:
+        tag = config_hash(
+            {
+                "m": model,
+                "s": system_prompt,
+                "meth": method,
+                "l": layer_list,
+                "p": prompts,
+                "pos": positions,
+                "seed": seed,
+                "limit": limit,
+            }
+        )[:8]
+        output_path = ARTIFACTS / "vectors" / f"{Path(model).name}-{method}-{tag}"
+    vector.save(output_path)
+    norms = ", ".join(f"L{k}: {v:.2f}" for k, v in vector.norms().items())
+    typer.echo(f"{output_path}: {method} vector, norms {norms}")
+    stopped = vector.extra.get("history", {}).get("stopped")
+    if stopped:
+        raise SublensError(stopped)
+
+
+@vectors_app.command("export")
+def vectors_export_cmd(
+    path: Annotated[Path, typer.Argument(help="A vector directory from `sublens vectors fit`.")],
+    format: Annotated[str, typer.Option("--format", help="lm-eval or gguf.")] = "lm-eval",
+    alpha: Annotated[float, typer.Option("--alpha", help="Steering coefficient.")] = 1.0,
+    output_path: OutputPath = None,
+) -> None:
+    """Export a vector for lm-eval's steered model or llama.cpp control vectors."""
+    from interp.export import to_gguf, to_lm_eval
+    from interp.steering import SteeringVector
+
+    vector = SteeringVector.load(path)
+    if format == "lm-eval":
+        out = to_lm_eval(vector, output_path or Path(path) / "lm_eval_steer.pt", alpha=alpha)
+    elif format == "gguf":
+        out = to_gguf(vector, output_path or Path(path) / "control_vector.gguf", alpha=alpha)
+    else:
+        raise SublensError(f"unknown export format {format!r}: use lm-eval or gguf")
+    typer.echo(f"{out}")
+
+
 @app.command("demo")
 def demo_cmd(
     model: Model = "smollm2-135m",

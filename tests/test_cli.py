@@ -116,3 +116,66 @@ def test_existing_other_output_needs_overwrite(monkeypatch, capsys, tmp_path):
     assert code == 2 and "--overwrite" in err
     code, _, _ = run_cli(monkeypatch, capsys, *base, "--overwrite")
     assert code == 0 and (out / "keep.txt").read_text() == "precious"
+
+
+def test_vectors_fit_and_export(monkeypatch, capsys, tmp_path):
+    import torch
+
+    from interp.steering import SteeringVector
+
+    out = tmp_path / "v"
+    code, stdout, err = run_cli(
+        monkeypatch,
+        capsys,
+        "vectors",
+        "fit",
+        "--model",
+        "tiny-llama",
+        "--system-prompt",
+        "You love owls.",
+        "--layers",
+        "1,2",
+        "--prompts",
+        "numbers:6",
+        "--output-path",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+    )
+    assert code == 0, err
+    vec = SteeringVector.load(out)
+    assert vec.layers == [1, 2] and vec.method == "diff-mean" and vec.d_model == 64
+    code, stdout, err = run_cli(monkeypatch, capsys, "vectors", "export", str(out))
+    assert code == 0, err
+    saved = torch.load(stdout.strip(), weights_only=True)
+    assert len(saved) == 2
+    code, _, err = run_cli(monkeypatch, capsys, "vectors", "export", str(out), "--format", "onnx")
+    assert code == 2 and "unknown export format" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--system-prompt", " "], "trait prompt is empty"),
+        (["--system-prompt", "x", "--steps", "0"], "--steps must be positive"),
+        (["--system-prompt", "x", "--layers", "1;2"], "bad layer"),
+        (["--system-prompt", "x", "--method", "magic"], "unknown method"),
+    ],
+)
+def test_vectors_fit_bad_input(monkeypatch, capsys, tmp_path, extra, message):
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "vectors",
+        "fit",
+        "--model",
+        "tiny-llama",
+        "--prompts",
+        "numbers:2",
+        "--output-path",
+        str(tmp_path / "v"),
+        "--quiet",
+        *extra,
+    )
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
