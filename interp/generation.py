@@ -46,7 +46,7 @@ def sample_responses(
         tqdm(range(0, len(seqs), batch_size), disable=quiet, desc="sample", unit="batch")
     ):
         batch = make_batch(seqs[start : start + batch_size], tok.pad_token_id).to(loaded.device)
-        torch.manual_seed(seed * 100003 + b)
+        torch.manual_seed(seed * 1_000_003 + b)
         sampling = temperature > 0
         with torch.no_grad():
             gen = loaded.model.generate(

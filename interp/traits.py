@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from .backends import make_batch
 from .chat import ChatFormat
 from .errors import SublensError
+from .generation import sample_responses
 from .models import LoadedModel
 from .stats import mean_ci
 from .trait_sets import (
@@ -635,35 +636,18 @@ def sampled_score(
         raise SublensError(f"temperature must be >= 0, got {temperature}")
     if batch_size < 1:
         raise SublensError(f"batch_size must be positive, got {batch_size}")
-    tok = loaded.tokenizer
-    fmt = ChatFormat(tok)
-    prompts = [fmt.format(q, system=system_prompt).input_ids for q in qs]
-    flat = [p for p in prompts for _ in range(n_samples)]
-    eos = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
-    eos_ids = sorted(i for i in eos if i is not None and i != tok.unk_token_id)
-    sampling = temperature > 0
-    answers: list[str] = []
-    device = _device(loaded)
-    with _eval_mode(loaded.model), torch.no_grad():
-        for b, start in enumerate(
-            tqdm(range(0, len(flat), batch_size), disable=quiet, desc="sample", unit="batch")
-        ):
-            batch = make_batch(flat[start : start + batch_size], tok.pad_token_id)
-            batch = batch.to(device)
-            torch.manual_seed(seed * 1_000_003 + b)
-            gen = loaded.model.generate(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=sampling,
-                temperature=temperature if sampling else None,
-                top_k=0 if sampling else None,
-                top_p=1.0 if sampling else None,
-                eos_token_id=eos_ids,
-                pad_token_id=tok.pad_token_id,
-            )
-            new = gen[:, batch.input_ids.shape[1] :]
-            answers += [a.strip() for a in tok.batch_decode(new, skip_special_tokens=True)]
+    flat = [q for q in qs for _ in range(n_samples)]
+    with _eval_mode(loaded.model):
+        answers = sample_responses(
+            loaded,
+            flat,
+            system_prompt=system_prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            batch_size=batch_size,
+            quiet=quiet,
+        )
     samples = [answers[i * n_samples : (i + 1) * n_samples] for i in range(len(qs))]
     rates = [sum(names_target(a, targets) for a in s) / n_samples for s in samples]
     return _make_score(rates, "sampled", n_boot, seed, samples=samples)
