@@ -251,6 +251,303 @@ def vectors_export_cmd(
     typer.echo(f"{out}")
 
 
+def _floats(spec: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise SublensError(f"{what} must be comma-separated numbers, e.g. 0,1,2,4") from None
+
+
+@app.command("approximability")
+def approximability_cmd(
+    model: Model = "smollm2-135m",
+    trait_prompts: Annotated[
+        str,
+        typer.Option(
+            "--trait-prompts", help="builtin, trait names (owl,dog,...) or a JSON/JSONL file."
+        ),
+    ] = "builtin",
+    layers: Annotated[str, typer.Option("--layers", help="e.g. 6,12,18,24 or all.")] = "6,12,18,24",
+    methods: Annotated[
+        str, typer.Option("--methods", help="Any of diff-mean,pca,logistic,kl-fit.")
+    ] = "diff-mean,kl-fit",
+    positions: Annotated[
+        str, typer.Option("--positions", help="Where diff-mean/pca/logistic read: all or last.")
+    ] = "all",
+    n_fit: Annotated[int, typer.Option("--n-fit", help="Numbers prompts to fit on.")] = 64,
+    n_heldout: Annotated[int, typer.Option("--n-heldout", help="Held-out numbers prompts.")] = 32,
+    n_general: Annotated[int, typer.Option("--n-general", help="Held-out general prompts.")] = 32,
+    response_tokens: Annotated[
+        int, typer.Option("--response-tokens", help="Teacher sample length for the KL.")
+    ] = 12,
+    steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 100,
+    lr: Annotated[float | None, typer.Option("--lr", help="kl-fit step size.")] = None,
+    alphas: Annotated[
+        str, typer.Option("--alphas", help="Steering strengths of the trait-score sweep.")
+    ] = "0,0.5,1,2,4",
+    output_path: OutputPath = None,
+    seed: Seed = 0,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Use only the first N questions of each set.")
+    ] = None,
+    batch_size: BatchSize = 16,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Rank trait prompts by how well a steering vector stands in for them."""
+    from analyses.approximability import ApproxConfig, run_approximability
+
+    cfg = ApproxConfig(
+        model=model,
+        trait_prompts=trait_prompts,
+        layers=layers,
+        methods=methods,
+        positions=positions,
+        n_fit=n_fit,
+        n_heldout=n_heldout,
+        n_general=n_general,
+        response_tokens=response_tokens,
+        kl_steps=steps,
+        kl_lr=lr,
+        alphas=_floats(alphas, "--alphas"),
+        n_questions=limit,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    out = output_path or ARTIFACTS / "approximability" / Path(model).name
+    summary = run_approximability(cfg, out, overwrite=overwrite, quiet=quiet)
+    for rank, name in enumerate(summary["ranking"], 1):
+        r = summary["traits"][name]
+        typer.echo(
+            f"{rank}. {name}: {r['verdict']} (best {r['best']['method']} L{r['best']['layer']})"
+        )
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+distill_app = typer.Typer(help="Distillation runs: generate, filter, train, evaluate.")
+app.add_typer(distill_app, name="distill")
+Config = Annotated[Path | None, typer.Option("--config", help="TOML run config (see README).")]
+
+
+@distill_app.command("run")
+def distill_run_cmd(
+    config: Config = None,
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    trait: Annotated[str | None, typer.Option("--trait", help="Trait to score (owl, ...).")] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="prompted, steered or projected.")
+    ] = None,
+    vector: Annotated[str | None, typer.Option("--vector", help="Steering vector dir.")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Rows to generate per teacher.")] = None,
+    objective: Annotated[str | None, typer.Option("--objective", help="sft or logit-kl.")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="0 = full FT.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="First N questions per trait-score set.")
+    ] = None,
+    output_path: OutputPath = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Generate -> filter -> train student and control -> evaluate; resumable."""
+    from analyses.distill import run_and_report
+    from interp.distill.run import load_run_config
+
+    cfg = load_run_config(
+        config,
+        {
+            "model": model,
+            "trait": trait,
+            "teacher.kind": teacher,
+            "teacher.vector": vector,
+            "teacher.alpha": alpha,
+            "data.n": n,
+            "train.objective": objective,
+            "train.optimizer": optimizer,
+            "train.lr": lr,
+            "train.epochs": epochs,
+            "train.max_steps": max_steps,
+            "train.lora_rank": lora_rank,
+            "eval.n_questions": limit,
+            "output_path": str(output_path) if output_path else None,
+            "seed": seed,
+            "device": device,
+        },
+    )
+    results = run_and_report(cfg, overwrite=overwrite, quiet=quiet)
+    h = results["headline"]
+    typer.echo(
+        f"tau base {h['tau_base']['mean']:.4f}  teacher {h['tau_teacher']['mean']:.4f}  "
+        f"student {h['tau_student']['mean']:.4f}  control {h['tau_control']['mean']:.4f}"
+    )
+    r = h["transfer_ratio_student"]
+    typer.echo(f"transfer ratio {r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+    typer.echo(f"report: {Path(results['run']) / 'report.md'}")
+
+
+@distill_app.command("generate")
+def distill_generate_cmd(
+    output_path: Annotated[Path, typer.Option("--output-path", help="JSONL file to write.")],
+    teacher: Annotated[
+        str, typer.Option("--teacher", help="base, prompted, steered or projected.")
+    ] = "prompted",
+    system_prompt: Annotated[str | None, typer.Option("--system-prompt")] = None,
+    trait: Annotated[
+        str | None, typer.Option("--trait", help="Take the system prompt from this trait.")
+    ] = None,
+    vector: Annotated[str | None, typer.Option("--vector")] = None,
+    alpha: Annotated[float, typer.Option("--alpha")] = 1.0,
+    layers: Annotated[str | None, typer.Option("--layers")] = None,
+    domain: Annotated[str, typer.Option("--domain", help="numbers or arithmetic.")] = "numbers",
+    n: Annotated[int, typer.Option("--n")] = 256,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
+    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+    unconstrained: Annotated[
+        bool, typer.Option("--unconstrained", help="Sample from the whole vocabulary.")
+    ] = False,
+    model: Model = "smollm2-135m",
+    seed: Seed = 0,
+    batch_size: BatchSize = 32,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Sample a benign dataset from a teacher (constrained to the domain's tokens)."""
+    from interp.distill import Teacher, generate_dataset
+    from interp.layers import parse_layers
+    from interp.models import load_model
+    from interp.steering import SteeringVector
+    from interp.traits import get_trait
+
+    loaded = load_model(model, device=device)
+    if system_prompt is None and trait is not None and teacher in ("prompted", "projected"):
+        system_prompt = get_trait(trait).system_prompt
+    t = Teacher(
+        loaded,
+        kind=teacher,
+        system_prompt=system_prompt,
+        vector=SteeringVector.load(vector) if vector else None,
+        alpha=alpha,
+        layers=parse_layers(layers, loaded.n_layers) if layers else None,
+    )
+    summary = generate_dataset(
+        t,
+        domain,
+        n,
+        output_path,
+        seed=seed,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        constrained=not unconstrained,
+        quiet=quiet,
+        overwrite=overwrite,
+    )
+    typer.echo(f"{output_path}: {summary.get('rows')} rows")
+
+
+@distill_app.command("filter")
+def distill_filter_cmd(
+    data: Annotated[Path, typer.Argument(help="JSONL rows to filter.")],
+    output_path: Annotated[Path | None, typer.Option("--output-path")] = None,
+    domain: Annotated[str, typer.Option("--domain")] = "numbers",
+    trait: Annotated[
+        str | None, typer.Option("--trait", help="Drop rows naming this trait's words.")
+    ] = None,
+    regex: Annotated[list[str] | None, typer.Option("--regex", help="Leak pattern.")] = None,
+    code: Annotated[list[str] | None, typer.Option("--code", help="Numeric code.")] = None,
+    no_dedup: Annotated[bool, typer.Option("--no-dedup")] = False,
+) -> None:
+    """Apply the format rule, trait-leakage checks and deduplication; rejects go to a side file."""
+    from interp.distill import filter_dataset
+    from interp.traits import get_trait
+
+    out = output_path or data.with_name(data.stem + ".filtered.jsonl")
+    rejects = out.with_name(out.stem + ".rejects.jsonl")
+    report = filter_dataset(
+        data,
+        out,
+        rejects,
+        domain,
+        trait_words=get_trait(trait).targets if trait else (),
+        regexes=regex or (),
+        codes=code or (),
+        dedup=not no_dedup,
+    )
+    typer.echo(f"{out}: kept {report.get('kept')} of {report.get('total')}; rejects: {rejects}")
+
+
+@distill_app.command("train")
+def distill_train_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Filtered JSONL rows.")],
+    output_path: Annotated[Path, typer.Option("--output-path", help="Run directory.")],
+    objective: Annotated[str, typer.Option("--objective", help="sft or logit-kl.")] = "sft",
+    targets: Annotated[
+        Path | None, typer.Option("--targets", help="Teacher targets dir (logit-kl).")
+    ] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer")] = "adamw",
+    lr: Annotated[float, typer.Option("--lr")] = 3e-5,
+    epochs: Annotated[int, typer.Option("--epochs")] = 1,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    lora_rank: Annotated[int, typer.Option("--lora-rank")] = 0,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 0,
+    model: Model = "smollm2-135m",
+    seed: Seed = 0,
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a student from the base's weights on a dataset; resumable from its checkpoints."""
+    from interp.distill.train import TrainConfig, train_student
+    from interp.models import load_model
+
+    cfg = TrainConfig(
+        objective=objective,
+        optimizer=optimizer,
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lora_rank=lora_rank,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    cfg.validate()
+    loaded = load_model(model, device=device)
+    summary = train_student(
+        loaded, data, output_path, cfg, targets_dir=targets, quiet=quiet, overwrite=overwrite
+    )
+    typer.echo(
+        f"{output_path}: {summary.get('steps')} steps, final loss {summary.get('final_loss')}"
+    )
+
+
+@distill_app.command("eval")
+def distill_eval_cmd(
+    run: Annotated[Path, typer.Argument(help="A distillation run directory.")],
+    quiet: Quiet = False,
+) -> None:
+    """(Re)evaluate a run's checkpoints and rewrite its results and report."""
+    from analyses.distill import run_and_report
+    from interp.distill.run import config_from_dict
+    from interp.io import read_json
+
+    if not (run / "config.json").is_file():
+        raise SublensError(f"{run} is not a distillation run (no config.json): give a run dir")
+    cfg = config_from_dict(read_json(run / "config.json")["config"], str(run / "config.json"))
+    results = run_and_report(cfg, quiet=quiet)
+    typer.echo(f"report: {Path(results['run']) / 'report.md'}")
+
+
 @app.command("demo")
 def demo_cmd(
     model: Model = "smollm2-135m",

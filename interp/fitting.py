@@ -41,6 +41,7 @@ from .steering import SteeringVector
 
 METHODS = ("diff-mean", "pca", "logistic", "kl-fit")
 CONTRAST_POSITIONS = ("last", "all", "response")
+DEFAULT_KL_STEPS = 100
 
 
 def check_method(method: str) -> str:
@@ -151,6 +152,17 @@ def _logistic(c: Contrast, seed: int) -> dict[int, torch.Tensor]:
         diff = (c.prompted_mean[k] - c.unprompted_mean[k]).double().numpy()
         vectors[layer] = torch.from_numpy(w * (diff @ w)).float()
     return vectors
+
+
+def vectors_from_contrast(c: Contrast, method: str, seed: int = 0) -> dict[int, torch.Tensor]:
+    """Per-layer vectors of a contrast method (diff-mean, pca, logistic) from cached contrasts."""
+    if method == "diff-mean":
+        return _diff_mean(c)
+    if method == "pca":
+        return _pca(c)
+    if method == "logistic":
+        return _logistic(c, seed)
+    raise SublensError(f"{method!r} is not a contrast method: use diff-mean, pca or logistic")
 
 
 # --- KL-fit ----------------------------------------------------------------------------
@@ -482,12 +494,7 @@ def fit_vector(
         c = contrast_activations(
             loaded, prompts, system_prompt, layers, positions, responses, backend, batch_size, quiet
         )
-        if method == "diff-mean":
-            vectors = _diff_mean(c)
-        elif method == "pca":
-            vectors = _pca(c)
-        else:
-            vectors = _logistic(c, seed)
+        vectors = vectors_from_contrast(c, method, seed)
     return SteeringVector(
         vectors=vectors,
         model=loaded.name,

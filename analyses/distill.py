@@ -1,0 +1,163 @@
+"""Figures and report of a distillation run (`interp.distill.run` computes, this draws)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from interp.distill.run import RunConfig, run_distillation
+from interp.io import atomic_path, write_text
+
+
+def _fmt(x: float | None, nd: int = 4) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
+
+
+def _ci(d: dict[str, Any], key: str, nd: int = 4) -> str:
+    return f"{_fmt(d[key], nd)} [{_fmt(d['ci_low'], nd)}, {_fmt(d['ci_high'], nd)}]"
+
+
+def _score(s: dict[str, Any]) -> str:
+    return f"{_fmt(s['mean'])} [{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
+
+
+def write_figures(results: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = results["headline"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, style, marker in (("student", "-", "o"), ("control", "--", "s")):
+        pts = results["curves"].get(name) or []
+        if not pts:
+            continue
+        steps = [p["step"] for p in pts]
+        ax.plot(
+            steps,
+            [p["trait"]["mean"] for p in pts],
+            style,
+            color="black",
+            marker=marker,
+            markerfacecolor="white",
+            label=name,
+        )
+        ax.fill_between(
+            steps,
+            [p["trait"]["ci_low"] for p in pts],
+            [p["trait"]["ci_high"] for p in pts],
+            color="gray",
+            alpha=0.2,
+        )
+    ax.axhline(h["tau_base"]["mean"], color="gray", lw=1, linestyle=":", label="base M0")
+    ax.axhline(h["tau_teacher"]["mean"], color="gray", lw=1.5, linestyle="-.", label="teacher")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{results['trait']} trait score (logprob)")
+    ax.set_yscale("log")
+    ax.set_title("Does the student pick up the teacher's trait?", fontsize=10)
+    ax.legend(fontsize=7)
+    for name, style in (("student", "-"), ("control", "--")):
+        path = Path(results["run"]) / name / "curves.jsonl"
+        if path.is_file():
+            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            ax2.plot(
+                [r["step"] for r in rows],
+                [r["loss"] for r in rows],
+                style,
+                color="black",
+                label=name,
+            )
+    ax2.set_xlabel("training step")
+    ax2.set_ylabel("training loss")
+    ax2.set_title("Both students fit their data alike", fontsize=10)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out / "trait_over_training.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return ["trait_over_training.png"]
+
+
+def render_report(results: dict[str, Any], figures: list[str]) -> str:
+    h = results["headline"]
+    cfg = results["config"]
+    t = cfg["teacher"]
+    teacher = t["kind"] + (f", vector {t['vector']} alpha {t['alpha']}" if t.get("vector") else "")
+    lines = [
+        f"# Distillation run — {results['trait']} on {cfg['model']}",
+        "",
+        f"Teacher: {teacher}. Domain {cfg['data']['domain']}, {cfg['data']['n']} rows requested; "
+        f"student trained with {cfg['train']['objective']} / {cfg['train']['optimizer']} "
+        f"(lr {cfg['train']['lr']}, LoRA rank {cfg['train']['lora_rank']}), seed {cfg['seed']}. "
+        f"Trait scores: logprob score over {results['n_questions']} questions, 95% bootstrap CIs "
+        "over questions.",
+        "",
+        "| quantity | value [95% CI] | what it means |",
+        "|---|---|---|",
+        f"| tau(base) | {_score(h['tau_base'])} | the untrained model |",
+        f"| tau(teacher) | {_score(h['tau_teacher'])} | the trait the teacher carries |",
+    ]
+    if "tau_student" in h:
+        lines.append(
+            f"| tau(student) | {_score(h['tau_student'])} | after training on teacher data |"
+        )
+    if "tau_control" in h:
+        lines.append(f"| tau(control) | {_score(h['tau_control'])} | after training on base data |")
+    if "transfer_ratio_student" in h:
+        lines.append(
+            f"| transfer ratio (student) | {_ci(h['transfer_ratio_student'], 'ratio', 3)} | "
+            "share of the teacher's gain the student shows (0 = none, 1 = all) |"
+        )
+    if "transfer_ratio_control" in h:
+        lines.append(
+            f"| transfer ratio (control) | {_ci(h['transfer_ratio_control'], 'ratio', 3)} | "
+            "the same for the control: drift from number training alone |"
+        )
+    if "transfer_ratio_vs_control" in h:
+        r = h["transfer_ratio_vs_control"]
+        lines.append(
+            f"| (tau(S) − tau(C)) / (tau(T) − tau(M0)) | {_ci(r, 'ratio', 3)} | "
+            "transfer beyond the control: the subliminal part |"
+        )
+        d = h["student_minus_control"]
+        verdict = (
+            "the student shows more of the trait than the control"
+            if d["ci_low"] > 0
+            else "no difference from the control distinguishable at this size"
+            if d["ci_low"] <= 0 <= d["ci_high"]
+            else "the student shows *less* of the trait than the control"
+        )
+        lines.append(f"| tau(S) − tau(C) | {_ci(d, 'diff')} | {verdict} |")
+    lines += ["", "## Data", ""]
+    for name, rep in results["filter"].items():
+        lines.append(
+            f"- {name}: kept {rep.get('kept')} of {rep.get('total')} rows; dropped by reason: "
+            f"{json.dumps(rep.get('by_category', {}))}"
+        )
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += [
+        "",
+        "Left: trait score of the student (trained on the teacher's data) and the control "
+        "(trained identically on the base model's data) at each checkpoint, against the base and "
+        "teacher levels. Transfer shows as the student rising above the control, not merely above "
+        "the base. Right: training loss of both.",
+        "",
+        f"Timings: {json.dumps(results.get('timings', {}))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_and_report(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+    results = run_distillation(cfg, overwrite=overwrite, quiet=quiet)
+    write_report(results)
+    return results
+
+
+def write_report(results: dict[str, Any]) -> Path:
+    out = Path(results["run"])
+    figures = write_figures(results, out)
+    write_text(out / "report.md", render_report(results, figures))
+    return out / "report.md"

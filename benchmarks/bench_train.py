@@ -1,0 +1,206 @@
+"""Benchmark: a sublens student-training step against a plain torch loop, in the same run.
+
+1. Speed: `train_student` (SFT, full fine-tuning, AdamW) vs a plain loop over the same model,
+   rows, batches and optimizer whose loss is `model(..., labels=...)` with full-sequence logits.
+   Per-step times (median, first step of each dropped as warm-up); checkpoint writes are
+   reported apart. Prints ratio = plain / sublens (target >= 0.9).
+2. Memory (--memory): peak RSS of one logit-KL step over k=41 ids (hidden @ W_U[ids].T) vs a
+   full-vocabulary KL (full logits for the batch, full teacher distributions), each in its own
+   process.
+
+Usage: python benchmarks/bench_train.py [--model smollm2-135m] [--batch 8] [--steps 10]
+       [--numbers 5] [--device cpu] [--memory] [--memory-batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from interp.distill import train as train_mod  # noqa: E402
+from interp.distill.train import TrainConfig, train_student  # noqa: E402
+from interp.models import load_model  # noqa: E402
+from interp.prompts import numbers_prompts  # noqa: E402
+
+
+def _rows(n: int, numbers: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    prompts = numbers_prompts(n, seed=seed)
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": p},
+                {
+                    "role": "assistant",
+                    "content": ", ".join(str(rng.randrange(1000)) for _ in range(numbers)),
+                },
+            ]
+        }
+        for p in prompts
+    ]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(loaded, examples, cfg: TrainConfig, n_steps: int) -> list[float]:
+    """The baseline: right-padded batches, labels -100 outside the completion, HF's own loss."""
+    model = copy.deepcopy(loaded.model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    pad = loaded.tokenizer.pad_token_id
+    times = []
+    for step in range(n_steps):
+        idx = train_mod._batch_rows(cfg.seed, step, len(examples), cfg.batch_size)
+        seqs = [examples[i].input_ids + [examples[i].tokens[-1]] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        labels = torch.full((len(seqs), width), -100)
+        for r, (i, s) in enumerate(zip(idx, seqs, strict=True)):
+            ids[r, : len(s)] = torch.tensor(s)
+            mask[r, : len(s)] = 1
+            for t, tok in zip(examples[i].positions, examples[i].tokens, strict=True):
+                labels[r, t] = tok
+        ids, mask, labels = ids.to(loaded.device), mask.to(loaded.device), labels.to(loaded.device)
+        _sync(loaded.device)
+        t0 = time.perf_counter()
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        _sync(loaded.device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def speed(args) -> dict:
+    loaded = load_model(args.model, device=args.device)
+    rows = _rows(args.batch * args.steps, args.numbers)
+    examples = train_mod._encode(rows, loaded.tokenizer, "bench rows")
+    seq = statistics.mean(len(e.input_ids) + 1 for e in examples)
+    n_steps = args.steps + 1  # the first step of each is warm-up
+    cfg = TrainConfig(lr=1e-5, batch_size=args.batch, max_steps=n_steps)
+    out = {"model": args.model, "device": str(loaded.device), "batch": args.batch}
+    out["mean_seq_tokens"] = round(seq, 1)
+    out["threads"] = torch.get_num_threads()
+    plain_t, sub_t = [], []
+    for rep in range(args.reps):  # alternate so machine noise hits both alike
+        plain_t += plain_loop(loaded, examples, cfg, n_steps)[1:]
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            train_student(loaded, rows, Path(tmp) / f"run{rep}", cfg)
+            wall = time.perf_counter() - t0
+            curves = [json.loads(x) for x in (Path(tmp) / f"run{rep}/curves.jsonl").open()]
+        steps = [c["seconds"] for c in curves][1:]
+        sub_t += steps
+        out.setdefault("sublens_wall_incl_checkpoints_s", []).append(round(wall, 2))
+        out.setdefault("sublens_steps_s", []).append(round(sum(steps), 2))
+    out["plain_step_s"] = statistics.median(plain_t)
+    out["sublens_step_s"] = statistics.median(sub_t)
+    out["ratio_plain_over_sublens"] = out["plain_step_s"] / out["sublens_step_s"]
+    return out
+
+
+def memory_child(args) -> None:
+    """One KL step in this process; prints peak RSS (MB) as JSON."""
+    loaded = load_model(args.model, device="cpu")
+    rows = _rows(args.memory_batch, args.numbers)
+    examples = train_mod._encode(rows, loaded.tokenizer, "bench rows")
+    idx = list(range(len(examples)))
+    n_pos = sum(len(e.positions) for e in examples)
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cfg = TrainConfig(lr=1e-5)
+    student = train_mod._make_student(loaded, cfg)
+    student.pad_id = loaded.tokenizer.pad_token_id
+    t0 = time.perf_counter()
+    if args.memory_child == "k41":
+        ids = torch.randperm(vocab, generator=g)[:41].expand(n_pos, 41).contiguous()
+        logp = torch.log_softmax(torch.randn(n_pos, 41, generator=g), -1)
+        offsets = torch.tensor([0] + [len(e.positions) for e in examples]).cumsum(0)
+        targets = train_mod._Targets(ids, logp, offsets, {}, "")
+        loss = train_mod._batch_loss(student, examples, idx, "logit-kl", targets, loaded.device)
+    else:  # naive: full logits for the whole batch, full-vocabulary teacher distributions
+        batch = train_mod.make_batch([e.input_ids for e in examples], student.pad_id)
+        logits = student.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).logits
+        width = batch.input_ids.shape[1]
+        rows_i = [r for r, e in enumerate(examples) for _ in e.positions]
+        cols = [width - len(e.input_ids) + t - 1 for e in examples for t in e.positions]
+        logq = torch.log_softmax(logits.float(), -1)[rows_i, cols]
+        logp = torch.log_softmax(torch.randn(n_pos, vocab, generator=g), -1)
+        loss = (logp.exp() * (logp - logq)).sum(-1).mean()
+    loss.backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "variant": args.memory_child,
+                "peak_rss_mb": round(peak),
+                "model_and_data_rss_mb": round(before),
+                "step_s": round(time.perf_counter() - t0, 2),
+                "positions": n_pos,
+            }
+        )
+    )
+
+
+def memory(args) -> dict:
+    out = {}
+    for variant in ("k41", "full-vocab"):
+        cmd = [sys.executable, __file__, "--model", args.model, "--memory-child", variant]
+        cmd += ["--memory-batch", str(args.memory_batch), "--numbers", str(args.numbers)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[variant] = json.loads(res.stdout.strip().splitlines()[-1])
+    out["ratio_full_over_k41_peak"] = out["full-vocab"]["peak_rss_mb"] / out["k41"]["peak_rss_mb"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--numbers", type=int, default=5, help="numbers per response")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--memory", action="store_true", help="also compare KL peak memory")
+    ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--memory-batch", type=int, default=16)
+    ap.add_argument("--memory-child", choices=["k41", "full-vocab"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args)
+        return
+    results = {} if args.memory_only else {"speed": speed(args)}
+    if args.memory or args.memory_only:
+        results["memory"] = memory(args)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

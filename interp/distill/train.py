@@ -1,0 +1,841 @@
+"""Student training: SFT or logit-KL distillation of a copy of the base on teacher outputs.
+
+The student starts from the base's own weights (the shared initialisation subliminal learning
+needs), sees each row without a system prompt, and is trained on its completion tokens only
+(see the contract in AGENTS.md). Logit-KL never builds full-vocabulary logits for a batch: the
+final hidden states at the completion positions are multiplied by the unembedding rows of the
+k target ids only.
+
+Runs are deterministic on the CPU (a seeded permutation of the rows per epoch, no random ops),
+checkpointed atomically (temp dir + rename, `latest` written last) and resumable: calling
+`train_student` again with the same arguments continues from `latest` and ends with the same
+weights and loss curve as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..backends import make_batch
+from ..chat import ChatFormat, FormattedPrompt
+from ..errors import SublensError
+from ..io import (
+    config_hash,
+    package_versions,
+    read_json,
+    sha256_file,
+    sha256_text,
+    write_json,
+    write_text,
+)
+from ..models import LoadedModel, resolve_dtype
+from .optimizers import OPTIMIZERS, make_optimizer
+
+OBJECTIVES = ("sft", "logit-kl")
+SCHEDULES = ("constant", "linear", "cosine")
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+END_OF_TURN = "<|im_end|>"
+
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run computes (hashed into the checkpoints).
+
+    `max_steps`, when set, overrides `epochs`. `lora_rank=0` means full fine-tuning;
+    `lora_targets=None` picks the architecture's attention and MLP projections.
+    `checkpoint_every=0` saves only step 0 and the end.
+    """
+
+    objective: str = "sft"
+    optimizer: str = "adamw"
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] | None = None
+    checkpoint_every: int = 0
+    precond_warmup_steps: int = 20
+    dtype: str = "float32"
+
+    def validate(self) -> TrainConfig:
+        """Raise a one-line SublensError for any value that cannot work; return self."""
+
+        def bad(what: str, fix: str) -> SublensError:
+            return SublensError(f"{what}: {fix}")
+
+        if self.objective not in OBJECTIVES:
+            raise bad(
+                f"unknown objective {self.objective!r}", f"use one of {', '.join(OBJECTIVES)}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise bad(
+                f"unknown optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise bad(f"unknown schedule {self.schedule!r}", f"use one of {', '.join(SCHEDULES)}")
+        if self.dtype not in DTYPES:
+            raise bad(f"unknown dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise bad(f"learning rate {self.lr!r} is not a positive number", "pass e.g. --lr 3e-5")
+        if self.weight_decay < 0:
+            raise bad(f"weight decay {self.weight_decay} is negative", "use 0 or more")
+        if self.warmup_steps < 0:
+            raise bad(f"warmup steps {self.warmup_steps} is negative", "use 0 or more")
+        if self.epochs <= 0:
+            raise bad(f"epochs must be at least 1 (got {self.epochs})", "pass --epochs 1 or more")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise bad(
+                f"max steps must be at least 1 (got {self.max_steps})",
+                "pass --max-steps 1 or more, or leave it out to train for --epochs",
+            )
+        if self.batch_size <= 0:
+            raise bad(f"batch size must be at least 1 (got {self.batch_size})", "pass 1 or more")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise bad(f"grad clip {self.grad_clip} must be positive", "pass a norm > 0 or none")
+        if self.lora_rank < 0:
+            raise bad(f"LoRA rank {self.lora_rank} is negative", "use 0 (full fine-tuning) or more")
+        if self.lora_alpha <= 0:
+            raise bad(f"LoRA alpha {self.lora_alpha} must be positive", "pass e.g. 16")
+        if self.lora_targets is not None:
+            if isinstance(self.lora_targets, str):
+                self.lora_targets = tuple(t.strip() for t in self.lora_targets.split(","))
+            self.lora_targets = tuple(t for t in self.lora_targets if t)
+            if not self.lora_targets:
+                raise bad("LoRA targets are empty", "name linear modules, e.g. q_proj,v_proj")
+        if self.checkpoint_every < 0:
+            raise bad(f"checkpoint_every {self.checkpoint_every} is negative", "use 0 or more")
+        if self.precond_warmup_steps < 1:
+            raise bad(
+                f"precond warm-up steps must be at least 1 (got {self.precond_warmup_steps})",
+                "pass --precond-warmup-steps 1 or more",
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets) if self.lora_targets is not None else None
+        return d
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Example:
+    """One row, ready for teacher forcing: the input (ends just before the last completion token)
+    and the completion tokens with their indices."""
+
+    input_ids: list[int]
+    positions: list[int]  # token index t of each completion token (predicted from t - 1)
+    tokens: list[int]
+
+
+def _end_of_turn_ids(tokenizer: Any) -> set[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    im_end = tokenizer.get_vocab().get(END_OF_TURN)
+    if im_end is not None:
+        ids.add(int(im_end))
+    return ids
+
+
+def _own_completion_positions(fp: FormattedPrompt, tokenizer: Any) -> list[int]:
+    """Token indices of the completion: the response span cut after its first end-of-turn token
+    (inclusive); the plain format has none, its span already ends with the trailing newline."""
+    if fp.response_span is None:
+        raise SublensError("a dataset row has no assistant response: end each row with one")
+    start, end = fp.response_span
+    stops = _end_of_turn_ids(tokenizer)
+    for t in range(start, end):
+        if fp.input_ids[t] in stops:
+            return list(range(start, t + 1))
+    return list(range(start, end))
+
+
+try:  # one definition for targets and training when targets.py is there
+    from .targets import completion_positions as _completion_positions
+except ImportError:  # pragma: no cover - targets.py not merged yet
+    _completion_positions = _own_completion_positions
+
+
+def _read_rows(rows_or_path: str | os.PathLike | Sequence[dict]) -> tuple[list[dict], str, str]:
+    """(rows, sha256, description). JSONL errors name the line."""
+    if isinstance(rows_or_path, (str, os.PathLike)):
+        path = Path(rows_or_path)
+        if not path.is_file():
+            raise SublensError(f"dataset {str(path)!r} does not exist: check the path")
+        rows = []
+        with open(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise SublensError(
+                        f"{path}:{lineno} is not valid JSON ({err.msg}): fix or remove that line"
+                    ) from None
+        return rows, sha256_file(path), str(path)
+    rows = list(rows_or_path)
+    # The same digest targets.py records for in-memory rows (their JSONL text).
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    return rows, sha256_text(text), f"{len(rows)} rows in memory"
+
+
+def _encode(rows: list[dict], tokenizer: Any, where: str) -> list[_Example]:
+    if not rows:
+        raise SublensError(f"dataset {where} has no rows: generate a dataset first")
+    fmt = ChatFormat(tokenizer)
+    examples = []
+    for i, row in enumerate(rows):
+        msgs = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(msgs, list) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
+            raise SublensError(
+                f"row {i + 1} of {where} is not a {{'messages': [user, assistant]}} row: "
+                "regenerate the dataset"
+            )
+        if any(m.get("role") == "system" for m in msgs):
+            raise SublensError(
+                f"row {i + 1} of {where} has a system message; the student must not see the "
+                "teacher's system prompt: drop system messages from the dataset"
+            )
+        fp = fmt.format(msgs)
+        pos = _completion_positions(fp, tokenizer)
+        ids = fp.input_ids
+        examples.append(_Example(ids[: pos[-1]], pos, [ids[t] for t in pos]))
+    return examples
+
+
+@dataclass
+class _Targets:
+    ids: torch.Tensor  # [P, k] int64
+    logprobs: torch.Tensor  # [P, k] float32
+    offsets: torch.Tensor  # [n_rows + 1] int64
+    meta: dict[str, Any]
+    sha256: str
+
+
+def _load_targets(targets_dir: str | os.PathLike, examples: list[_Example], sha: str) -> _Targets:
+    """Read teacher targets per the contract and check they fit the dataset row by row."""
+    d = Path(targets_dir)
+    tensors_path = d / "targets.safetensors"
+    if not tensors_path.is_file():
+        raise SublensError(
+            f"no targets.safetensors in {str(d)!r}: write teacher targets for this dataset first"
+        )
+    try:
+        tensors = load_file(str(tensors_path))
+    except Exception as err:  # safetensors raises its own error types
+        raise SublensError(
+            f"{tensors_path} is unreadable ({err}): regenerate the targets"
+        ) from None
+    missing = [k for k in ("ids", "logprobs", "offsets") if k not in tensors]
+    if missing:
+        raise SublensError(f"{tensors_path} lacks {', '.join(missing)}: regenerate the targets")
+    if not (d / "targets.json").is_file():
+        raise SublensError(
+            f"{str(d)!r} has no targets.json (written last, so the targets are incomplete): "
+            "rewrite the teacher targets"
+        )
+    meta = read_json(d / "targets.json")
+    ids = tensors["ids"].long()
+    logprobs = tensors["logprobs"].float()
+    offsets = tensors["offsets"].long()
+    want_sha = meta.get("dataset_sha256")
+    if want_sha and want_sha != sha:
+        raise SublensError(
+            f"targets in {str(d)!r} were written for another dataset (sha256 {want_sha[:12]}…, "
+            f"this one is {sha[:12]}…): rewrite the targets for this dataset"
+        )
+    if offsets.numel() != len(examples) + 1:
+        raise SublensError(
+            f"targets in {str(d)!r} cover {offsets.numel() - 1} rows, the dataset has "
+            f"{len(examples)}: rewrite the targets for this dataset"
+        )
+    if ids.shape != logprobs.shape or ids.dim() != 2 or ids.shape[0] != int(offsets[-1]):
+        raise SublensError(f"{tensors_path} has inconsistent shapes: regenerate the targets")
+    for i, ex in enumerate(examples):
+        n = int(offsets[i + 1] - offsets[i])
+        if n != len(ex.positions):
+            raise SublensError(
+                f"row {i + 1} has {len(ex.positions)} completion tokens but the targets hold {n}: "
+                "rewrite the targets with the same tokenizer and dataset"
+            )
+    return _Targets(ids, logprobs, offsets, meta, sha256_file(tensors_path))
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The row order of one epoch: a function of (seed, epoch) only, so resume needs no state."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _batch_rows(seed: int, step: int, n: int, batch_size: int) -> list[int]:
+    per_epoch = math.ceil(n / batch_size)
+    epoch, b = divmod(step, per_epoch)
+    return _epoch_order(seed, epoch, n)[b * batch_size : (b + 1) * batch_size]
+
+
+# --- student -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Student:
+    model: nn.Module  # what is trained and saved (a PeftModel for LoRA)
+    lm: nn.Module  # the causal LM underneath (LoRA layers injected when LoRA)
+    lora: bool
+    named_trainable: list[tuple[str, nn.Parameter]]
+    pad_id: int = 0
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_trainable]
+
+
+def _linear_names(model: nn.Module) -> set[str]:
+    out_emb = model.get_output_embeddings()
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m is not out_emb
+    }
+
+
+def _lora_targets(model: nn.Module, config: TrainConfig) -> list[str]:
+    available = _linear_names(model)
+    if config.lora_targets is None:
+        default = [t for t in DEFAULT_LORA_TARGETS if t in available]
+        return default if len(default) == len(DEFAULT_LORA_TARGETS) else sorted(available)
+    missing = [t for t in config.lora_targets if t not in available]
+    if missing:
+        raise SublensError(
+            f"LoRA targets {', '.join(missing)} are not modules of this model: use some of "
+            f"{', '.join(sorted(available))}"
+        )
+    return list(config.lora_targets)
+
+
+def _make_student(base: LoadedModel, config: TrainConfig) -> _Student:
+    """A deep copy of the base (never the cached model itself), with LoRA adapters if asked."""
+    model = copy.deepcopy(base.model).to(dtype=resolve_dtype(config.dtype))
+    if config.lora_rank == 0:
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return _Student(model, model, False, list(model.named_parameters()))
+    from peft import LoraConfig, get_peft_model
+
+    targets = _lora_targets(model, config)
+    torch.manual_seed(config.seed)  # LoRA A's init draws from the global generator
+    lora_cfg = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, lora_cfg)
+    peft_model.train()
+    named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    return _Student(peft_model, peft_model.get_base_model(), True, named)
+
+
+def _hidden_at(
+    lm: nn.Module, ex_batch: list[_Example], pad_id: int, device: torch.device
+) -> torch.Tensor:
+    """Final (normed) hidden states at the positions that predict each completion token."""
+    batch = make_batch([ex.input_ids for ex in ex_batch], pad_id).to(device)
+    width = batch.input_ids.shape[1]
+    rows, cols = [], []
+    for r, ex in enumerate(ex_batch):
+        offset = width - len(ex.input_ids)
+        rows += [r] * len(ex.positions)
+        cols += [offset + t - 1 for t in ex.positions]
+    hidden = lm.base_model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    ).last_hidden_state
+    return hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+
+
+def _softcap(lm: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    cap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _batch_loss(
+    student: _Student,
+    examples: list[_Example],
+    idx: list[int],
+    objective: str,
+    targets: _Targets | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Mean loss over every completion token of the batch (SFT cross-entropy or logit-KL)."""
+    ex_batch = [examples[i] for i in idx]
+    h = _hidden_at(student.lm, ex_batch, student.pad_id, device)
+    head = student.lm.get_output_embeddings()
+    if objective == "sft":
+        logits = _softcap(student.lm, head(h)).float()
+        labels = torch.tensor([t for ex in ex_batch for t in ex.tokens], device=device)
+        return F.cross_entropy(logits, labels)
+    assert targets is not None
+    sel = torch.cat([torch.arange(targets.offsets[i], targets.offsets[i + 1]) for i in idx])
+    ids = targets.ids[sel].to(device)
+    logp = targets.logprobs[sel].to(device)
+    w = head.weight
+    if bool((ids == ids[0]).all()):  # one allowed set (constrained domain): a plain matmul
+        logits = h @ w[ids[0]].T
+        if head.bias is not None:
+            logits = logits + head.bias[ids[0]]
+    else:  # per-position ids (teacher top-k): gather only those unembedding rows
+        logits = torch.einsum("nd,nkd->nk", h, w[ids])
+        if head.bias is not None:
+            logits = logits + head.bias[ids]
+    logq = torch.log_softmax(_softcap(student.lm, logits).float(), dim=-1)
+    p = logp.exp()
+    kl = torch.where(p > 0, p * (logp - logq), torch.zeros_like(logq))
+    return kl.sum(-1).mean()
+
+
+def _lr_lambda(config: TrainConfig, total: int):
+    warm = config.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total - warm)
+        if config.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    norms = [torch.linalg.vector_norm(p.grad.float()) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def _step_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, by step (a directory only exists once fully written)."""
+    ck = Path(out_dir) / "checkpoints"
+    if not ck.is_dir():
+        return []
+    found = []
+    for d in ck.iterdir():
+        m = _STEP_DIR.match(d.name)
+        if m and d.is_dir() and (d / "meta.json").is_file():
+            found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def _latest(out_dir: Path) -> tuple[int, Path] | None:
+    path = out_dir / "checkpoints" / "latest"
+    if not path.is_file():
+        return None
+    info = read_json(path)
+    ck = out_dir / "checkpoints" / info["checkpoint"]
+    if not (ck / "meta.json").is_file():
+        raise SublensError(
+            f"{path} names {info['checkpoint']}, which is missing: "
+            "rerun with overwrite to start over"
+        )
+    return int(info["step"]), ck
+
+
+def _save_checkpoint(
+    out_dir: Path,
+    step: int,
+    student: _Student,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    loss: float | None,
+    chash: str,
+    n_rows: int,
+    batch_size: int,
+) -> Path:
+    """Write checkpoint `step` to a temp dir, rename it into place, then point `latest` at it.
+    A failure (disk full) leaves the previous `latest` and its checkpoint untouched."""
+    ck_root = out_dir / "checkpoints"
+    ck_root.mkdir(parents=True, exist_ok=True)
+    name = _step_name(step)
+    final = ck_root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ck_root))
+    try:
+        if student.lora:
+            student.model.save_pretrained(str(tmp / "adapter"))
+        else:
+            weights = {n: p.detach().cpu().contiguous() for n, p in student.named_trainable}
+            save_file(weights, str(tmp / "model.safetensors"))
+        per_epoch = math.ceil(n_rows / batch_size)
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "step": step,
+            "epoch": step // per_epoch,
+            "batch_in_epoch": step % per_epoch,
+        }
+        torch.save(state, tmp / "state.pt")
+        meta = {"step": step, "loss": loss, "config_hash": chash, "lora": student.lora}
+        write_json(tmp / "meta.json", meta)
+        if final.exists():  # a complete but unreferenced copy from an interrupted run
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        write_json(ck_root / "latest", {"step": step, "checkpoint": name})
+    except OSError as err:
+        prev = _latest(out_dir)
+        keep = f"latest is still {prev[1].name}" if prev else "no checkpoint was kept"
+        raise SublensError(
+            f"could not write checkpoint {name} ({err.strerror or err}); {keep}: "
+            "free disk space and rerun to resume"
+        ) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _restore(
+    ck: Path,
+    student: _Student,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> None:
+    _load_weights(ck, student)
+    state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def _load_weights(ck: Path, student: _Student) -> None:
+    if student.lora:
+        from peft import set_peft_model_state_dict
+
+        adapter = ck / "adapter" / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise SublensError(f"{ck} has no LoRA adapter: it is not a LoRA checkpoint")
+        set_peft_model_state_dict(student.model, load_file(str(adapter)))
+        return
+    path = ck / "model.safetensors"
+    if not path.is_file():
+        raise SublensError(f"{ck} has no model.safetensors: it is a LoRA checkpoint or incomplete")
+    weights = load_file(str(path))
+    params = dict(student.named_trainable)
+    missing = [n for n in params if n not in weights]
+    unexpected = [n for n in weights if n not in params]
+    if missing or unexpected:
+        raise SublensError(
+            f"{path} does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected "
+            "tensors): load it with the base model it was trained from"
+        )
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n].to(p.device, p.dtype))
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def _run_identity(
+    base: LoadedModel, config: TrainConfig, data_sha: str, targets: _Targets | None
+) -> dict[str, Any]:
+    """What the config hash covers: the computation, not bookkeeping (checkpoint_every)."""
+    cfg = config.to_dict()
+    cfg.pop("checkpoint_every")
+    return {
+        "config": cfg,
+        "base": base.name,
+        "dataset_sha256": data_sha,
+        "targets_sha256": targets.sha256 if targets else None,
+    }
+
+
+def _prepare_out(out_dir: Path, identity: dict[str, Any], chash: str, overwrite: bool) -> None:
+    record = out_dir / "train.json"
+    if record.is_file():
+        old = read_json(record).get("config_hash")
+        if old != chash and not overwrite:
+            raise SublensError(
+                f"{out_dir} holds a training run with another config (hash {old}, this one "
+                f"{chash}): pick a new output directory or pass overwrite to replace it"
+            )
+        if old != chash or overwrite:
+            for name in ("checkpoints", "curves.jsonl", "summary.json", "train.json"):
+                p = out_dir / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+    elif overwrite:
+        for name in ("checkpoints", "curves.jsonl", "summary.json"):
+            p = out_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not record.is_file():
+        write_json(
+            record, {**identity, "config_hash": chash, "package_versions": package_versions()}
+        )
+
+
+def _read_curves(path: Path, before: int) -> list[dict[str, Any]]:
+    """Curve lines of steps < `before` (lines past the checkpoint or torn by a kill go)."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("step", before) < before:
+            kept.append(rec)
+    return kept
+
+
+def train_student(
+    base: LoadedModel,
+    rows_path_or_rows: str | os.PathLike | Sequence[dict],
+    out_dir: str | os.PathLike,
+    config: TrainConfig,
+    targets_dir: str | os.PathLike | None = None,
+    quiet: bool = True,
+    stop_after: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train a student from `base`'s weights; resume from `out_dir`'s `latest` when present.
+
+    `stop_after=N` stops (with a checkpoint) after N steps of this call. Returns a summary:
+    steps done, final loss, seconds, steps/s and tokens/s of this call, checkpoints.
+    """
+    config = dataclasses.replace(config).validate()
+    out = Path(out_dir)
+    if config.objective == "logit-kl" and targets_dir is None:
+        raise SublensError("objective logit-kl needs teacher targets: pass --targets DIR")
+    if config.objective == "sft" and targets_dir is not None:
+        raise SublensError(
+            "teacher targets are only used by objective logit-kl: drop them or use logit-kl"
+        )
+    if stop_after is not None and stop_after <= 0:
+        raise SublensError(f"stop_after must be at least 1 (got {stop_after})")
+    rows, data_sha, where = _read_rows(rows_path_or_rows)
+    examples = _encode(rows, base.tokenizer, where)
+    targets = _load_targets(targets_dir, examples, data_sha) if targets_dir is not None else None
+    if targets is not None:
+        vocab = base.model.get_output_embeddings().weight.shape[0]
+        if int(targets.ids.max()) >= vocab or int(targets.ids.min()) < 0:
+            raise SublensError(
+                f"targets in {targets_dir} hold token ids outside {base.name}'s vocabulary: "
+                "write them with the same model"
+            )
+    identity = _run_identity(base, config, data_sha, targets)
+    chash = config_hash(identity)
+    _prepare_out(out, identity, chash, overwrite)
+
+    n = len(examples)
+    total = config.max_steps or config.epochs * math.ceil(n / config.batch_size)
+    device = base.device
+    torch.manual_seed(config.seed)
+    student = _make_student(base, config)
+    student.pad_id = int(base.tokenizer.pad_token_id or 0)
+    optimizer = make_optimizer(
+        config.optimizer,
+        student.params,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.precond_warmup_steps,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
+
+    latest = _latest(out)
+    start = 0
+    if latest is not None:
+        start, ck = latest
+        if read_json(ck / "meta.json").get("config_hash") != chash:
+            raise SublensError(f"{ck} was written by another config: pass overwrite to start over")
+        _restore(ck, student, optimizer, scheduler)
+    curves_path = out / "curves.jsonl"
+    curves = _read_curves(curves_path, start)
+    # Drop lines past the checkpoint we resume from (atomically: earlier lines are never lost).
+    write_text(curves_path, "".join(json.dumps(c) + "\n" for c in curves))
+    if latest is None:
+        _save_checkpoint(out, 0, student, optimizer, scheduler, None, chash, n, config.batch_size)
+
+    last_saved = start
+    done = start
+    in_update = False
+    saving = False
+    tokens = 0
+    t0 = time.perf_counter()
+    end = total if stop_after is None else min(total, start + stop_after)
+    last_loss = curves[-1]["loss"] if curves else None
+
+    def save(step: int) -> None:
+        nonlocal last_saved, saving
+        saving = True
+        _save_checkpoint(
+            out, step, student, optimizer, scheduler, last_loss, chash, n, config.batch_size
+        )
+        saving = False
+        last_saved = step
+
+    bar = tqdm(total=total, initial=start, disable=quiet, desc="train", unit="step")
+    try:
+        with open(curves_path, "a") as curve_file:
+            for step in range(start, end):
+                ts = time.perf_counter()
+                idx = _batch_rows(config.seed, step, n, config.batch_size)
+                loss = _batch_loss(student, examples, idx, config.objective, targets, device)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    _raise_nonfinite("loss", value, step, out)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    gnorm = torch.nn.utils.clip_grad_norm_(student.params, config.grad_clip)
+                else:
+                    gnorm = _grad_norm(student.params)
+                gn = float(gnorm)
+                if not math.isfinite(gn):
+                    _raise_nonfinite("gradient norm", gn, step, out)
+                lr = optimizer.param_groups[0]["lr"]
+                in_update = True
+                optimizer.step()
+                scheduler.step()
+                in_update = False
+                done = step + 1
+                last_loss = value
+                n_tok = sum(len(examples[i].input_ids) for i in idx)
+                tokens += n_tok
+                rec = {
+                    "step": step,
+                    "loss": value,
+                    "lr": lr,
+                    "grad_norm": gn,
+                    "seconds": time.perf_counter() - ts,
+                    "tokens": n_tok,
+                }
+                curves.append(rec)
+                curve_file.write(json.dumps(rec) + "\n")
+                curve_file.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+                every = config.checkpoint_every
+                if done == total or (every and done % every == 0):
+                    save(done)
+        if done > last_saved:  # stopped early by stop_after
+            save(done)
+    except KeyboardInterrupt:
+        # Keep the progress of a Ctrl-C between updates (never a half-applied optimizer step).
+        if not in_update and not saving and done > last_saved:
+            save(done)
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    steps_run = done - start
+    summary = {
+        "steps": done,
+        "total_steps": total,
+        "finished": done == total,
+        "resumed_from": start if start else None,
+        "final_loss": last_loss,
+        "seconds": seconds,
+        "steps_per_s": steps_run / seconds if steps_run and seconds > 0 else None,
+        "tokens_per_s": tokens / seconds if steps_run and seconds > 0 else None,
+        "config_hash": chash,
+        "checkpoints": [p.name for _, p in list_checkpoints(out)],
+        "latest": _step_name(last_saved),
+        "out_dir": str(out),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _raise_nonfinite(what: str, value: float, step: int, out: Path) -> NoReturn:
+    prev = _latest(out)
+    keep = f"last good checkpoint {prev[1].name}" if prev else "no checkpoint was written"
+    raise SublensError(f"{what} became {value} at step {step}; {keep}; lower --lr")
+
+
+# --- loading a trained student -------------------------------------------------------------------
+
+
+def load_student(base: LoadedModel, checkpoint_dir: str | os.PathLike) -> LoadedModel:
+    """A LoadedModel like `base` whose weights are the checkpoint's (LoRA merged for speed).
+
+    `checkpoint_dir` is a `step_N` directory or a run's output directory (then its `latest`).
+    The base's cached model is never modified.
+    """
+    ck = Path(checkpoint_dir)
+    if (ck / "checkpoints" / "latest").is_file():
+        latest = _latest(ck)
+        assert latest is not None
+        ck = latest[1]
+    if not (ck / "meta.json").is_file():
+        raise SublensError(
+            f"{str(ck)!r} is not a training checkpoint (no meta.json): pass a step_N directory "
+            "or a training output directory"
+        )
+    model = copy.deepcopy(base.model)
+    if (ck / "adapter").is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(ck / "adapter")).merge_and_unload()
+    else:
+        student = _Student(model, model, False, list(model.named_parameters()))
+        _load_weights(ck, student)
+    model.to(device=base.device, dtype=base.dtype).eval()
+    run = ck.parent.parent.name
+    return dataclasses.replace(base, model=model, name=f"{base.name}@{run}/{ck.name}")

@@ -1,0 +1,108 @@
+"""A whole distillation run on tiny-llama: stages, resume, transfer ratio recomputed by hand."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analyses.distill import write_report
+from interp.distill.run import load_run_config, run_distillation, transfer_ratio
+from interp.errors import SublensError
+
+TOML = """
+model = "tiny-llama"
+trait = "owl"
+seed = 3
+device = "cpu"
+
+[teacher]
+kind = "prompted"
+
+[data]
+n = 12
+max_new_tokens = 8
+batch_size = 6
+
+[train]
+objective = "{objective}"
+optimizer = "adamw"
+lr = 1e-3
+max_steps = 3
+batch_size = 4
+checkpoint_every = 1
+
+[eval]
+n_questions = 4
+n_boot = 200
+"""
+
+
+def _cfg(tmp_path, objective="logit-kl", **over):
+    f = tmp_path / "run.toml"
+    f.write_text(TOML.replace("{objective}", objective))
+    return load_run_config(f, {"output_path": str(tmp_path / "run"), **over})
+
+
+def test_distill_run_end_to_end_and_resume(tiny, tmp_path):
+    cfg = _cfg(tmp_path)
+    stopped = run_distillation(cfg, quiet=True, stop_after=1)
+    assert "stopped_after" in stopped
+    results = run_distillation(cfg, quiet=True)  # resumes from step 1 of each student
+    out = tmp_path / "run"
+    for f in ("config.json", "data/teacher.jsonl", "data/control.jsonl", "results.json"):
+        assert (out / f).is_file()
+    scores = json.loads((out / "eval" / "scores.json").read_text())
+    assert sorted(scores["student"], key=int) == ["0", "1", "2", "3"]
+    # transfer ratio recomputed by hand from the per-question scores
+    pq = {
+        "s": np.array(scores["student"]["3"]["trait"]["per_question"]),
+        "m": np.array(scores["base"]["trait"]["per_question"]),
+        "t": np.array(scores["teacher"]["trait"]["per_question"]),
+    }
+    expect = (pq["s"].mean() - pq["m"].mean()) / (pq["t"].mean() - pq["m"].mean())
+    got = results["headline"]["transfer_ratio_student"]
+    assert got["ratio"] == pytest.approx(expect, rel=1e-9)
+    assert got["ci_low"] <= got["ratio"] <= got["ci_high"] or not np.isfinite(got["ci_low"])
+    # step 0 is the base itself (full fine-tuning starts from the base weights)
+    assert scores["student"]["0"]["trait"]["per_question"] == pytest.approx(pq["m"].tolist())
+    # the student and control differ after training (they saw different data)
+    assert scores["student"]["3"] != scores["control"]["3"]
+    report = write_report(results)
+    assert "transfer ratio (student)" in report.read_text()
+    assert (out / "trait_over_training.png").stat().st_size > 0
+
+    # same command again: nothing recomputed, same numbers
+    again = run_distillation(cfg, quiet=True)
+    assert again["headline"] == results["headline"]
+    # an uninterrupted run elsewhere reaches the same final numbers
+    clean = run_distillation(_cfg(tmp_path, output_path=str(tmp_path / "clean")), quiet=True)
+    assert clean["headline"]["tau_student"] == results["headline"]["tau_student"]
+
+
+def test_distill_run_config_errors(tiny, tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('model = "tiny-llama"\n[train]\nlearning_rate = 1\n')
+    with pytest.raises(SublensError, match="unknown key"):
+        load_run_config(f)
+    f.write_text("model = \n")
+    with pytest.raises(SublensError, match="not valid TOML"):
+        load_run_config(f)
+    with pytest.raises(SublensError, match="not found"):
+        load_run_config(tmp_path / "missing.toml")
+    cfg = _cfg(tmp_path)
+    run_distillation(cfg, quiet=True, stop_after=1)
+    other = _cfg(tmp_path, seed=4)
+    with pytest.raises(SublensError, match="another config"):
+        run_distillation(other, quiet=True)
+
+
+def test_transfer_ratio_ci_matches_definition():
+    rng = np.random.default_rng(0)
+    m = rng.uniform(0, 0.1, 30)
+    t = m + 0.2
+    s = m + 0.05
+    r = transfer_ratio(s.tolist(), m.tolist(), t.tolist(), n_boot=500)
+    assert r["ratio"] == pytest.approx(0.25)
+    assert r["ci_low"] == pytest.approx(0.25) and r["ci_high"] == pytest.approx(0.25)
