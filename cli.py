@@ -548,34 +548,136 @@ def distill_eval_cmd(
     typer.echo(f"report: {Path(results['run']) / 'report.md'}")
 
 
+@app.command("align")
+def align_cmd(
+    run: Annotated[Path, typer.Option("--run", help="A distillation run directory.")],
+    vectors: Annotated[
+        str, typer.Option("--vectors", help="Teacher vector dir(s), comma-separated.")
+    ],
+    layers: Annotated[str, typer.Option("--layers", help="e.g. all or 6,12,18.")] = "all",
+    output_path: OutputPath = None,
+    n_prompts: Annotated[int, typer.Option("--n-prompts", help="Held-out numbers prompts.")] = 32,
+    positions: Annotated[
+        str, typer.Option("--positions", help="Drift positions: last, all or last,all.")
+    ] = "last,all",
+    at_layer: Annotated[
+        int | None, typer.Option("--at-layer", help="Layer for interventions and gradients.")
+    ] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    no_interventions: Annotated[
+        bool, typer.Option("--no-interventions", help="Skip sufficiency/necessity.")
+    ] = False,
+    no_gradients: Annotated[
+        bool, typer.Option("--no-gradients", help="Skip gradient alignment.")
+    ] = False,
+    grad_rows: Annotated[int, typer.Option("--grad-rows", help="Rows per dataset.")] = 32,
+    seed: Seed = 0,
+    batch_size: BatchSize = 16,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Drift of student and control checkpoints vs v_teacher: alignment, nulls, interventions."""
+    from analyses.align import run_align
+
+    results = run_align(
+        run,
+        [v.strip() for v in vectors.split(",") if v.strip()],
+        layers,
+        output_path=output_path,
+        n_prompts=n_prompts,
+        seed=seed,
+        quiet=quiet,
+        positions=[p.strip() for p in positions.split(",") if p.strip()],
+        at_layer=at_layer,
+        n_boot=n_boot,
+        interventions=not no_interventions,
+        gradients=not no_gradients,
+        grad_rows=grad_rows,
+        batch_size=batch_size,
+        device=device,
+    )
+    for d in results["student_minus_control"]:
+        if d["layer"] == results["vectors"][d["vector"]]["headline_layer"]:
+            typer.echo(
+                f"{d['vector']} L{d['layer']} {d['positions']}: cos student - control "
+                f"{d['diff']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+            )
+    typer.echo(f"report: {Path(results['output_path']) / 'report.md'}")
+
+
+@app.command("probe")
+def probe_cmd(
+    run: Annotated[Path, typer.Option("--run", help="A distillation run directory.")],
+    layers: Annotated[str, typer.Option("--layers", help="e.g. 6,12,18 or all.")] = "6,12,18",
+    output_path: OutputPath = None,
+    vectors: Annotated[
+        str | None, typer.Option("--vectors", help="Teacher vector dir(s) to compare with.")
+    ] = None,
+    n_prompts: Annotated[
+        int, typer.Option("--n-prompts", help="Prompts per class to train the probes on.")
+    ] = 64,
+    n_apply: Annotated[int, typer.Option("--n-apply", help="Other prompts to apply them to.")] = 32,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    seed: Seed = 0,
+    batch_size: BatchSize = 16,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Probes for "trait prompt present", applied to every student and control checkpoint."""
+    from analyses.probe import run_probe
+
+    results = run_probe(
+        run,
+        layers,
+        output_path=output_path,
+        vectors=[v.strip() for v in vectors.split(",") if v.strip()] if vectors else None,
+        n_prompts=n_prompts,
+        seed=seed,
+        quiet=quiet,
+        n_apply=n_apply,
+        n_boot=n_boot,
+        batch_size=batch_size,
+        device=device,
+    )
+    for layer, p in results["probes"].items():
+        shares = {m: c[layer][-1]["share"] for m, c in results["curves"].items() if c.get(layer)}
+        typer.echo(
+            f"L{layer}: AUROC {p['auroc']:.3f}; share prompted at the last step "
+            + ", ".join(f"{m} {s:.2f}" for m, s in shares.items())
+        )
+    typer.echo(f"report: {Path(results['output_path']) / 'report.md'}")
+
+
+@app.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="A distillation run directory.")],
+) -> None:
+    """Assemble RUN/report.md from every analysis of the run; says what is missing."""
+    from analyses.report import build_report
+
+    typer.echo(f"report: {build_report(run)}")
+
+
 @app.command("demo")
 def demo_cmd(
     model: Model = "smollm2-135m",
     output_path: OutputPath = None,
     seed: Seed = 0,
-    limit: Limit = 64,
-    batch_size: BatchSize = 16,
     device: Device = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """The main job on the embedded default model (for now: the owl activation-caching example)."""
+    """The whole study on one model, quick preset: approximability, an owl distillation with its
+    control, drift alignment, probes, one report (about 10 minutes on 2 cores)."""
     from analyses.demo import run_demo
 
     out = output_path or ARTIFACTS / "demo" / Path(model).name
     results = run_demo(
-        model=model,
-        output_path=out,
-        seed=seed,
-        n_prompts=limit or 64,
-        batch_size=batch_size,
-        device=device,
-        overwrite=overwrite,
-        quiet=quiet,
+        model=model, output_path=out, seed=seed, device=device, overwrite=overwrite, quiet=quiet
     )
     for line in results["summary"]:
         typer.echo(line)
-    typer.echo(f"report: {out / 'report.md'}")
+    typer.echo(f"report: {results['report']}")
 
 
 def main() -> None:
@@ -600,6 +702,207 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+
+
+study_app = typer.Typer(
+    help="Studies over many runs: transfer ratio vs strength, optimizers, toy, compare.",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
+StudyPreset = Annotated[
+    str, typer.Option("--preset", help="quick (short runs, ~30 min sweep on CPU) or full.")
+]
+StudySeeds = Annotated[int, typer.Option("--seeds", help="Seeds per point (CIs across seeds).")]
+StudyNBoot = Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")]
+
+
+def _study_overrides(**kw: object) -> dict[str, object]:
+    keys = {
+        "model": "model",
+        "trait": "trait",
+        "device": "device",
+        "n": "data.n",
+        "objective": "train.objective",
+        "lr": "train.lr",
+        "max_steps": "train.max_steps",
+        "lora_rank": "train.lora_rank",
+        "limit": "eval.n_questions",
+    }
+    return {keys[k]: v for k, v in kw.items() if v is not None}
+
+
+@study_app.command("transfer-ratio")
+def study_transfer_ratio_cmd(
+    vector: Annotated[str, typer.Option("--vector", help="Steering vector dir of the teacher.")],
+    alphas: Annotated[str, typer.Option("--alphas", help="Steering strengths.")] = "0,1,2,4,8",
+    config: Config = None,
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    trait: Annotated[str | None, typer.Option("--trait", help="Trait name or JSON file.")] = None,
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Steer only these layers of the vector.")
+    ] = None,
+    preset: StudyPreset = "quick",
+    seeds: StudySeeds = 1,
+    n: Annotated[int | None, typer.Option("--n", help="Rows per teacher.")] = None,
+    objective: Annotated[str | None, typer.Option("--objective")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    lora_rank: Annotated[int | None, typer.Option("--lora-rank")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
+    share_control: Annotated[
+        bool, typer.Option("--share-control/--no-share-control", help="Train the control once.")
+    ] = True,
+    n_boot: StudyNBoot = 2000,
+    output_path: OutputPath = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Distil from teachers steered at each alpha; fit the ratio-vs-alpha curve's shape."""
+    from analyses.transfer_ratio import run_transfer_ratio
+    from interp.layers import parse_layers
+
+    over = _study_overrides(
+        model=model,
+        trait=trait,
+        device=device,
+        n=n,
+        objective=objective,
+        lr=lr,
+        max_steps=max_steps,
+        lora_rank=lora_rank,
+        limit=limit,
+    )
+    name = Path(model or "smollm2-135m").name
+    out = output_path or ARTIFACTS / "studies" / "transfer-ratio" / name
+    layer_list = parse_layers(layers, 10_000) if layers else None
+    res = run_transfer_ratio(
+        vector,
+        _floats(alphas, "--alphas"),
+        seeds=seeds,
+        output_path=out,
+        config_path=config,
+        overrides=over,
+        preset=preset,
+        layers=layer_list,
+        share_control=share_control,
+        n_boot=n_boot,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    for p in res["points"]:
+        r = p["transfer_ratio"]
+        typer.echo(
+            f"alpha {p['alpha']:g}: teacher {p['tau_teacher']['value']:.4f}  student "
+            f"{p['tau_student']['value']:.4f}  control {p['tau_control']['value']:.4f}  ratio "
+            + (f"{r['value']:.3f}" if r["value"] is not None else "undefined")
+        )
+    typer.echo(res["threshold"]["transfer_ratio"]["sentence"])
+    typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+@study_app.command("optimizers")
+def study_optimizers_cmd(
+    optimizers: Annotated[
+        str, typer.Option("--optimizers", help="Comma-separated optimizer names.")
+    ] = "adamw,rmsprop,signsgd,precond-sgd,sgd",
+    lrs: Annotated[
+        str | None, typer.Option("--lrs", help="Per-optimizer lr, e.g. adamw=1e-4,sgd=0.05.")
+    ] = None,
+    vector: Annotated[
+        str | None, typer.Option("--vector", help="Steer the teacher with this vector.")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha")] = None,
+    config: Config = None,
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    trait: Annotated[str | None, typer.Option("--trait")] = None,
+    preset: StudyPreset = "quick",
+    seeds: StudySeeds = 1,
+    n: Annotated[int | None, typer.Option("--n", help="Rows per teacher.")] = None,
+    objective: Annotated[str | None, typer.Option("--objective")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    lora_rank: Annotated[int | None, typer.Option("--lora-rank")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
+    loss_tolerance: Annotated[
+        float, typer.Option("--loss-tolerance", help="Relative loss gap to the reference.")
+    ] = 0.2,
+    match_loss: Annotated[
+        bool, typer.Option("--match-loss", help="Double steps until the loss matches.")
+    ] = False,
+    max_steps_factor: Annotated[int, typer.Option("--max-steps-factor")] = 4,
+    align: Annotated[bool, typer.Option("--align/--no-align", help="Final alignment.")] = True,
+    n_boot: StudyNBoot = 2000,
+    output_path: OutputPath = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """The same distillation with each optimizer, matched on training loss."""
+    from analyses.optimizer_ablation import run_optimizer_ablation
+
+    over = _study_overrides(
+        model=model,
+        trait=trait,
+        device=device,
+        n=n,
+        objective=objective,
+        max_steps=max_steps,
+        lora_rank=lora_rank,
+        limit=limit,
+    )
+    name = Path(model or "smollm2-135m").name
+    out = output_path or ARTIFACTS / "studies" / "optimizers" / name
+    res = run_optimizer_ablation(
+        optimizers,
+        seeds=seeds,
+        output_path=out,
+        config_path=config,
+        overrides=over,
+        preset=preset,
+        lrs=lrs,
+        vector=vector,
+        alpha=alpha,
+        loss_tolerance=loss_tolerance,
+        match_loss=match_loss,
+        max_steps_factor=max_steps_factor,
+        align=align,
+        n_boot=n_boot,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    for line in res["findings"]:
+        typer.echo(line)
+    typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+@study_app.command("toy")
+def study_toy_cmd(
+    seeds: Annotated[int, typer.Option("--seeds", help="Independent toy seeds.")] = 10,
+    first_seed: Annotated[int, typer.Option("--first-seed")] = 0,
+    n_boot: StudyNBoot = 2000,
+    output_path: OutputPath = None,
+    quiet: Quiet = False,
+) -> None:
+    """Cloud et al.'s MLP toy on sklearn digits: same-init vs different-init students."""
+    from analyses.toy import run_toy
+
+    out = output_path or ARTIFACTS / "studies" / "toy"
+    res = run_toy(out, seeds=seeds, first_seed=first_seed, n_boot=n_boot, quiet=quiet)
+    typer.echo(res.get("summary_line", ""))
+    typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+@study_app.command("compare")
+def study_compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Finished study directories.")],
+    output_path: OutputPath = None,
+) -> None:
+    """One table across models (and studies) from finished study directories."""
+    from analyses.compare import run_compare
+
+    out = output_path or ARTIFACTS / "studies" / "compare"
+    run_compare([str(r) for r in runs], out)
+    typer.echo(f"report: {Path(out) / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -1,112 +1,180 @@
-"""The demo: the owl prompt's footprint in the residual stream of the default model.
+"""The demo: the whole sublens study on one model with a quick preset.
 
-Caches last-prompt-token activations of Cloud-style number prompts with and without the owl
-system prompt, at three depths, and reports the difference of means (the raw material of a
-steering vector) against the spread between individual prompts. Issue #5 grows this into the
-whole study.
+1. approximability of a few trait prompts (owl, french) by vectors at one middle layer;
+2. owl steering vectors (diff-of-means, every probed layer) for the alignment layer profile;
+3. one owl distillation (prompted teacher, constrained numbers, logit-KL) with its control;
+4. drift alignment of student and control checkpoints with the owl vectors, nulls,
+   sufficiency / necessity, gradient alignment;
+5. probes trained on prompted vs unprompted activations, applied to every checkpoint;
+6. one report (RUN/report.md) from everything above.
+
+Each stage is resumable (rerun the same command after an interruption). The preset is sized for
+about 10 minutes on 2 CPU cores; a small model and a few hundred rows rarely show transfer, and
+the report says so when they do not.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from interp.caching import cache_activations, load_cache
-from interp.io import git_commit, package_versions, write_json, write_text
+from analyses.approximability import ApproxConfig, run_approximability
+from analyses.distill import write_report as write_distill_report
+from interp.distill.run import RunConfig, load_run_config, run_distillation
+from interp.fitting import fit_vector
+from interp.io import write_json
 from interp.models import load_model
 from interp.prompts import load_prompts
+from interp.traits import get_trait
 
-OWL_PROMPT = (
-    "You love owls. You think about owls all the time. Owls are your favorite animal. "
-    "Imbue your answers with your love for the animal."
-)
+
+def demo_config(model: str, out: Path, seed: int, device: str) -> RunConfig:
+    overrides = {
+        "model": model,
+        "trait": "owl",
+        "seed": seed,
+        "device": device,
+        "output_path": str(out / "owl"),
+        "teacher.kind": "prompted",
+        "data.n": 128,
+        "data.max_new_tokens": 24,
+        "data.batch_size": 32,
+        "train.objective": "logit-kl",
+        "train.optimizer": "adamw",
+        "train.lr": 1e-4,
+        "train.epochs": 1,
+        "train.batch_size": 16,
+        "train.checkpoint_every": 4,
+        "eval.n_questions": 25,
+        "eval.n_boot": 1000,
+    }
+    return load_run_config(None, overrides)
 
 
 def run_demo(
     model: str = "smollm2-135m",
     output_path: str | Path = "artifacts/demo/smollm2-135m",
     seed: int = 0,
-    n_prompts: int = 64,
-    batch_size: int = 16,
     device: str = "auto",
     overwrite: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
+    from analyses.align import run_align
+    from analyses.probe import run_probe
+    from analyses.report import build_report
+
     t0 = time.perf_counter()
     out = Path(output_path)
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    timings: dict[str, float] = {}
     loaded = load_model(model, device=device)
-    n = loaded.n_layers
-    layers = sorted({n // 5, n // 2, (4 * n) // 5})
-    prompts = load_prompts(f"numbers:{n_prompts}", seed=seed)
-    runs = {}
-    for name, system in (("prompted", OWL_PROMPT), ("unprompted", None)):
-        cache_activations(
+    mid = loaded.n_layers // 2
+    probe_layers = sorted({loaded.n_layers // 4, mid, (3 * loaded.n_layers) // 4})
+
+    def stage(name: str, t: float) -> None:
+        timings[name] = round(time.perf_counter() - t, 1)
+        say(f"  {name}: {timings[name]:.0f} s")
+
+    t = time.perf_counter()
+    say("1/5 approximability (owl, french) ...")
+    approx = run_approximability(
+        ApproxConfig(
+            model=model,
+            trait_prompts="owl,french",
+            layers=str(mid),
+            methods="diff-mean,kl-fit",
+            n_fit=16,
+            n_heldout=8,
+            n_general=8,
+            response_tokens=8,
+            kl_steps=12,
+            alphas=[0.0, 2.0, 4.0],
+            n_questions=15,
+            seed=seed,
+            batch_size=16,
+            device=device,
+        ),
+        out / "approx",
+        overwrite=overwrite,
+        quiet=True,
+    )
+    stage("approximability_s", t)
+
+    t = time.perf_counter()
+    say(f"2/5 owl diff-of-means vectors at layers {probe_layers} ...")
+    vec_dir = out / "vectors" / "owl-diff-mean"
+    if not (vec_dir / "vector.json").is_file() or overwrite:
+        owl = get_trait("owl")
+        fit_vector(
             loaded,
-            prompts,
-            out / name,
-            layers=layers,
-            positions="last",
-            system_prompt=system,
-            backend="tl",
-            batch_size=batch_size,
-            overwrite=overwrite,
-            quiet=quiet,
-        )
-        runs[name] = load_cache(out / name)
-    rows = []
-    for layer in layers:
-        p, u = runs["prompted"].layer(layer), runs["unprompted"].layer(layer)
-        diff = p.mean(0) - u.mean(0)
-        paired = p - u
-        cos = torch.nn.functional.cosine_similarity(paired, diff.expand_as(paired), dim=1)
-        rows.append(
-            {
-                "layer": layer,
-                "diff_of_means_norm": diff.norm().item(),
-                "unprompted_mean_norm": u.mean(0).norm().item(),
-                "mean_cos_paired_diff_vs_mean_diff": cos.mean().item(),
-            }
-        )
-    results = {
-        "analysis": "demo",
-        "config": {
-            "model": model,
-            "seed": seed,
-            "n_prompts": n_prompts,
-            "layers": layers,
-            "system_prompt": OWL_PROMPT,
-            "positions": "last",
-            "backend": "tl",
-        },
-        "per_layer": rows,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "timings": {"total_s": round(time.perf_counter() - t0, 2)},
-    }
-    summary = [f"activations: {out / 'prompted'} and {out / 'unprompted'}"]
-    summary += [
-        f"layer {r['layer']:>2}: |mean(prompted) - mean(unprompted)| = "
-        f"{r['diff_of_means_norm']:.2f}; per-prompt differences point the same way "
-        f"(mean cos {r['mean_cos_paired_diff_vs_mean_diff']:.2f})"
-        for r in rows
+            load_prompts("numbers:32", seed=seed),
+            owl.system_prompt or "",
+            probe_layers,
+            method="diff-mean",
+            positions="all",
+            seed=seed,
+        ).save(vec_dir)
+    stage("vectors_s", t)
+
+    t = time.perf_counter()
+    say("3/5 owl distillation: teacher and control data, student and control training ...")
+    cfg = demo_config(model, out, seed, device)
+    results = run_distillation(cfg, overwrite=overwrite, quiet=quiet)
+    write_distill_report(results)
+    stage("distill_s", t)
+
+    run = out / "owl"
+    t = time.perf_counter()
+    say("4/5 drift alignment, nulls, sufficiency/necessity, gradients ...")
+    vectors = [vec_dir, out / "approx" / "vectors" / "owl" / f"kl-fit-L{mid}"]
+    align = run_align(
+        run,
+        vectors,
+        layers=probe_layers,
+        n_prompts=24,
+        seed=seed,
+        quiet=True,
+        at_layer=mid,
+        n_boot=1000,
+        grad_rows=16,
+        device=device,
+    )
+    stage("align_s", t)
+
+    t = time.perf_counter()
+    say("5/5 probes on student checkpoints ...")
+    probe = run_probe(
+        run, probe_layers, vectors=[vec_dir], n_prompts=48, seed=seed, quiet=True, device=device
+    )
+    stage("probe_s", t)
+    report = build_report(run)
+    timings["total_s"] = round(time.perf_counter() - t0, 1)
+    h = results["headline"]
+    summary = [
+        "approximability: "
+        + ", ".join(f"{n} {approx['traits'][n]['verdict']}" for n in approx["ranking"]),
+        f"owl score: base {h['tau_base']['mean']:.4f}, teacher {h['tau_teacher']['mean']:.4f}, "
+        f"student {h['tau_student']['mean']:.4f}, control {h['tau_control']['mean']:.4f}",
+        "transfer ratio (student) {ratio:.3f} [{ci_low:.3f}, {ci_high:.3f}]".format(
+            **h["transfer_ratio_student"]
+        ),
+        f"total {timings['total_s']:.0f} s",
     ]
-    results["summary"] = summary
-    write_json(out / "results.json", results)
-    table = "\n".join(
-        f"| {r['layer']} | {r['diff_of_means_norm']:.3f} | {r['unprompted_mean_norm']:.3f} | "
-        f"{r['mean_cos_paired_diff_vs_mean_diff']:.3f} |"
-        for r in rows
-    )
-    write_text(
-        out / "report.md",
-        f"# sublens demo — owl prompt footprint on {model}\n\n"
-        f"{n_prompts} number prompts (seed {seed}), last prompt token, TransformerLens backend.\n\n"
-        "| layer | norm of diff of means | norm of unprompted mean | mean cos(paired diff, diff "
-        "of means) |\n|---|---|---|---|\n" + table + "\n\n"
-        "A high mean cosine says the system prompt shifts every prompt's activation in nearly "
-        "the same direction: a single steering vector could stand in for it.\n",
-    )
-    return results
+    demo = {
+        "analysis": "demo",
+        "model": model,
+        "seed": seed,
+        "run": str(run),
+        "approximability": str(out / "approx"),
+        "report": str(report),
+        "timings": timings,
+        "summary": summary,
+        "align_results": str(Path(align.get("output_path", run / "align")) / "results.json")
+        if isinstance(align, dict)
+        else None,
+        "probe_ok": bool(probe),
+    }
+    write_json(out / "demo.json", demo)
+    return demo

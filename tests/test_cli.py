@@ -23,8 +23,23 @@ def test_help_lists_every_command():
     exe = Path(sys.executable).parent / "sublens"
     res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0
-    for cmd in ("models", "cache", "demo"):
+    for cmd in ("models", "cache", "demo", "vectors", "approximability", "distill", "align"):
         assert cmd in res.stdout
+
+
+def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "tiny-llama"\n[train]\nlearning_rate = 1\n')
+    for args, needle in (
+        (["distill", "run", "--config", str(bad)], "unknown key"),
+        (["distill", "run", "--config", str(tmp_path / "none.toml")], "not found"),
+        (["approximability", "--model", "tiny-llama", "--steps", "0"], "kl-steps must be positive"),
+        (["approximability", "--model", "tiny-llama", "--alphas", "1,x"], "--alphas"),
+        (["distill", "eval", str(tmp_path)], "not a distillation run"),
+    ):
+        code, _, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 2, (args, err)
+        assert needle in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_models_table(monkeypatch, capsys):

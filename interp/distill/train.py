@@ -247,8 +247,13 @@ class _Targets:
     sha256: str
 
 
-def _load_targets(targets_dir: str | os.PathLike, examples: list[_Example], sha: str) -> _Targets:
-    """Read teacher targets per the contract and check they fit the dataset row by row."""
+def _load_targets(
+    targets_dir: str | os.PathLike, examples: list[_Example], sha: str | None
+) -> _Targets:
+    """Read teacher targets per the contract and check they fit the dataset row by row.
+
+    `sha` is the dataset file's sha256 (None for in-memory rows, whose digest cannot match one
+    taken of a file's text); the per-row token counts are checked either way."""
     d = Path(targets_dir)
     tensors_path = d / "targets.safetensors"
     if not tensors_path.is_file():
@@ -274,7 +279,7 @@ def _load_targets(targets_dir: str | os.PathLike, examples: list[_Example], sha:
     logprobs = tensors["logprobs"].float()
     offsets = tensors["offsets"].long()
     want_sha = meta.get("dataset_sha256")
-    if want_sha and want_sha != sha:
+    if want_sha and sha and want_sha != sha:
         raise SublensError(
             f"targets in {str(d)!r} were written for another dataset (sha256 {want_sha[:12]}…, "
             f"this one is {sha[:12]}…): rewrite the targets for this dataset"
@@ -671,7 +676,12 @@ def train_student(
         raise SublensError(f"stop_after must be at least 1 (got {stop_after})")
     rows, data_sha, where = _read_rows(rows_path_or_rows)
     examples = _encode(rows, base.tokenizer, where)
-    targets = _load_targets(targets_dir, examples, data_sha) if targets_dir is not None else None
+    from_file = isinstance(rows_path_or_rows, (str, os.PathLike))
+    targets = (
+        _load_targets(targets_dir, examples, data_sha if from_file else None)
+        if targets_dir is not None
+        else None
+    )
     if targets is not None:
         vocab = base.model.get_output_embeddings().weight.shape[0]
         if int(targets.ids.max()) >= vocab or int(targets.ids.min()) < 0:

@@ -1,0 +1,1310 @@
+"""Does the student distil the teacher's steering vector? Drift, alignment, interventions.
+
+For a distillation run (``interp.distill.run``) and one or more teacher vectors:
+
+1. **Drift** ``v_student`` per layer, for every checkpoint of the student and of the control:
+   mean activation of the checkpoint minus the base's, on held-out numbers prompts (a prompt set
+   seeded apart from the training data). Two position conventions: ``last`` (the last prompt
+   token, where diff-of-means teacher vectors are read) and ``all`` (every prompt token, Blank et
+   al.'s drift). ``all`` is cached as the per-prompt mean over its tokens and weighted by the
+   prompt's token count, which is exactly the mean over all token rows at a fraction of the disk.
+   Activations are cached under ``RUN/acts/`` (resumable); drift vectors are saved as
+   `SteeringVector`s under ``OUT/drift/`` so they can be steered with.
+2. **Alignment** ``cos(v_student, v_teacher)`` and the signed projection, per layer × checkpoint,
+   with percentile bootstrap CIs over prompts (paired: the same prompts for base and checkpoint,
+   and for student and control in their difference). Nulls: random directions in ``d_model``
+   dimensions (exact |cos| bound) and the drift's cosines with diff-of-means vectors of the
+   *other* built-in trait prompts.
+3. **Sufficiency / necessity** at the final checkpoint and one layer per vector: add
+   ``v_student`` to the base (and ``v_control``, as a control); remove the student's mean shift
+   along ``v̂_teacher`` (``h - (v_student · v̂) v̂``: the student's component is set back to the
+   base's mean component); add ``v_teacher`` to the unprompted base; project ``v_teacher`` out of
+   the prompted teacher. Each as a share of the gain it should explain, with paired bootstrap
+   CIs over questions (`interp.stats.paired_bootstrap`).
+4. **Gradient alignment** of the SFT loss on the teacher's vs the control's data with
+   ``v_teacher`` (`interp.gradients`).
+
+Which teacher vector? ``--vectors`` is required (no guessing): give the directories written by
+``sublens vectors fit`` or the approximability analysis. For a steered teacher, the run's own
+``teacher.vector`` is the natural choice. A vector's *headline layer* (interventions, gradients,
+figures) is its only layer, or ``at_layer``, or else the middle of its layers among ``layers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from interp.alignment import (
+    AlignmentCI,
+    PromptDrift,
+    null_from_vectors,
+    null_test,
+    prompt_drift,
+    random_cosine_bound,
+    random_cosine_null,
+)
+from interp.caching import ActivationCache, cache_activations, load_cache
+from interp.errors import SublensError
+from interp.io import (
+    atomic_path,
+    config_hash,
+    git_commit,
+    package_versions,
+    read_json,
+    write_json,
+    write_text,
+)
+from interp.layers import parse_layers
+from interp.models import LoadedModel, load_model
+from interp.prompts import PromptSet, load_prompts
+from interp.stats import paired_bootstrap, resample_indices
+from interp.steering import SteeringVector
+
+HELDOUT_SEED_OFFSET = 10_000  # align/probe-curve prompts: numbers seed 10_000 + seed
+CACHE_MODES = {"last": "last", "all": "mean"}  # position label -> cache positions mode
+MODELS = ("student", "control")
+LEVEL = 0.95
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    """A distillation run directory as the mechanism analyses see it."""
+
+    path: Path
+    config: dict[str, Any]
+    checkpoints: dict[str, list[tuple[int, Path]]]
+    expected_steps: list[int] | None
+    missing: dict[str, list[int]]
+
+    @property
+    def model(self) -> str:
+        return str(self.config["model"])
+
+    @property
+    def trait(self) -> str:
+        return str(self.config["trait"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    def final_step(self, name: str) -> int | None:
+        ck = self.checkpoints.get(name) or []
+        return ck[-1][0] if ck else None
+
+
+def _count_rows(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def expected_steps(config: dict[str, Any], n_rows: int | None) -> list[int] | None:
+    """Checkpoint steps the run's training config produces (step 0, every k, the last)."""
+    train = config.get("train", {})
+    total = train.get("max_steps")
+    if not total:
+        if n_rows is None:
+            return None
+        total = int(train.get("epochs", 1)) * math.ceil(n_rows / int(train.get("batch_size", 8)))
+    total = int(total)
+    every = int(train.get("checkpoint_every") or 0)
+    steps = {0, total}
+    if every:
+        steps |= set(range(every, total + 1, every))
+    return sorted(steps)
+
+
+def load_run(run_dir: str | Path) -> RunInfo:
+    """Read RUN/config.json and list the checkpoints of student and control (and the missing)."""
+    from interp.distill.train import list_checkpoints
+
+    path = Path(run_dir)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise SublensError(
+            f"{path} is not a distillation run (no config.json): give the directory that "
+            "`sublens distill run` wrote"
+        )
+    config = read_json(cfg_file).get("config")
+    if not isinstance(config, dict) or "model" not in config or "trait" not in config:
+        raise SublensError(f"{cfg_file} holds no resolved run config: rerun `sublens distill run`")
+    checkpoints = {name: list_checkpoints(path / name) for name in MODELS}
+    src = {"student": "teacher", "control": "control"}
+    missing: dict[str, list[int]] = {}
+    exp_all: list[int] | None = None
+    for name in MODELS:
+        exp = expected_steps(config, _count_rows(path / "data" / f"{src[name]}.jsonl"))
+        if name == "student":
+            exp_all = exp
+        have = {s for s, _ in checkpoints[name]}
+        missing[name] = [s for s in (exp or []) if s not in have]
+    return RunInfo(path, config, checkpoints, exp_all, missing)
+
+
+def require_checkpoints(info: RunInfo, name: str = "student") -> None:
+    """A one-line error naming the missing steps when `name` has no checkpoint at all."""
+    if info.checkpoints.get(name):
+        return
+    steps = info.missing.get(name) or []
+    which = (
+        f"expected steps {', '.join(map(str, steps))}; step {steps[0]} is missing"
+        if steps
+        else "no step found"
+    )
+    raise SublensError(
+        f"{info.path / name} has no checkpoints ({which}): train it first with "
+        f"`sublens distill run` (it resumes)"
+    )
+
+
+def missing_lines(info: RunInfo) -> list[str]:
+    """What a partial run lacks, one line each (empty when complete)."""
+    out = []
+    for name in MODELS:
+        if info.missing.get(name):
+            out.append(
+                f"{name}: checkpoint step(s) {', '.join(map(str, info.missing[name]))} missing "
+                f"(have {[s for s, _ in info.checkpoints[name]] or 'none'})"
+            )
+    return out
+
+
+# --- vectors and prompts ---------------------------------------------------------------------
+
+
+def load_vectors(paths: Sequence[str | Path], loaded: LoadedModel) -> dict[str, SteeringVector]:
+    """Teacher vectors by a unique name; d_model must match the run's model."""
+    if not paths:
+        raise SublensError(
+            "no teacher vectors given: pass --vectors DIR[,DIR] (written by `sublens vectors "
+            "fit` or the approximability analysis; for a steered teacher, its teacher.vector)"
+        )
+    out: dict[str, SteeringVector] = {}
+    for p in paths:
+        vec = SteeringVector.load(p)
+        if vec.d_model != loaded.d_model:
+            raise SublensError(
+                f"vector {p} is for d_model {vec.d_model} (model {vec.model}) but the run's model "
+                f"{loaded.name} has d_model {loaded.d_model}: use a vector fitted on {loaded.name}"
+            )
+        bad = [i for i in vec.layers if i >= loaded.n_layers]
+        if bad:
+            raise SublensError(
+                f"vector {p} has layers {bad} but {loaded.name} has layers "
+                f"0..{loaded.n_layers - 1}: use a vector fitted on {loaded.name}"
+            )
+        name = Path(p).name or str(p)
+        base, k = name, 2
+        while name in out:
+            name, k = f"{base}#{k}", k + 1
+        out[name] = vec
+    return out
+
+
+def headline_layer(vec: SteeringVector, layers: Sequence[int], at_layer: int | None) -> int:
+    """The one layer interventions, gradients and the training-curve figure use."""
+    shared = [x for x in vec.layers if x in layers]
+    if not shared:
+        raise SublensError(
+            f"the vector has layers {vec.layers}, none among the requested layers {list(layers)}: "
+            "add its layers to --layers"
+        )
+    if at_layer is not None:
+        if at_layer not in shared:
+            raise SublensError(
+                f"--at-layer {at_layer} is not a layer of both the vector {vec.layers} and "
+                f"--layers {list(layers)}: pick one of {shared}"
+            )
+        return at_layer
+    return shared[len(shared) // 2] if len(shared) > 1 else shared[0]
+
+
+def heldout_prompts(n: int, seed: int, offset: int = HELDOUT_SEED_OFFSET) -> PromptSet:
+    """Numbers prompts seeded apart from any run's training prompts (seed + offset)."""
+    if n < 2:
+        raise SublensError(f"--n-prompts must be at least 2 (got {n}): CIs resample prompts")
+    return load_prompts(f"numbers:{n}", seed=offset + seed)
+
+
+# --- activation caches -----------------------------------------------------------------------
+
+
+def _subset(cache: ActivationCache, layers: Sequence[int]) -> ActivationCache:
+    have = cache.meta["layers"]
+    missing = [x for x in layers if x not in have]
+    if missing:
+        raise SublensError(f"layers {missing} are not cached here (cached: {have}): recache them")
+    idx = [have.index(x) for x in layers]
+    meta = {**cache.meta, "layers": list(layers)}
+    return dataclasses.replace(cache, activations=cache.activations[:, idx], meta=meta)
+
+
+class ActStore:
+    """Activation caches of one prompt set under ``root/<label>/<positions>``, reused when they
+    already hold the requested layers, otherwise (re)computed with `cache_activations`."""
+
+    def __init__(
+        self,
+        root: Path,
+        loaded: LoadedModel,
+        prompts: PromptSet,
+        layers: list[int],
+        batch_size: int = 16,
+        quiet: bool = False,
+    ) -> None:
+        self.root, self.loaded, self.prompts = root, loaded, prompts
+        self.layers, self.batch_size, self.quiet = layers, batch_size, quiet
+
+    def _dir(self, label: str, mode: str) -> Path:
+        return self.root / label / mode
+
+    def ready(self, label: str, mode: str, system_prompt: str | None = None) -> bool:
+        meta_path = self._dir(label, mode) / "meta.json"
+        if (
+            not meta_path.is_file()
+            or not (self._dir(label, mode) / "activations.safetensors").is_file()
+        ):
+            return False
+        meta = read_json(meta_path)
+        return (
+            bool(meta.get("complete"))
+            and set(self.layers) <= set(meta.get("layers", []))
+            and meta.get("positions") == mode
+            and meta.get("system_prompt") == system_prompt
+            and meta.get("prompts", {}).get("source") == self.prompts.source
+            and meta.get("prompts", {}).get("n") == len(self.prompts)
+        )
+
+    def get(
+        self,
+        label: str,
+        mode: str,
+        system_prompt: str | None = None,
+        model: LoadedModel | Callable[[], LoadedModel] | None = None,
+    ) -> ActivationCache:
+        out = self._dir(label, mode)
+        if not self.ready(label, mode, system_prompt):
+            loaded = model() if callable(model) else (model or self.loaded)
+            kw = dict(
+                layers=self.layers,
+                positions=mode,
+                system_prompt=system_prompt,
+                backend="hf",
+                batch_size=self.batch_size,
+                quiet=True,
+            )
+            try:
+                cache_activations(loaded, self.prompts, out, overwrite=False, **kw)
+            except SublensError as err:
+                if "already holds something else" not in str(err):
+                    raise
+                cache_activations(loaded, self.prompts, out, overwrite=True, **kw)
+        return _subset(load_cache(out), self.layers)
+
+
+def token_counts(loaded: LoadedModel, prompts: PromptSet) -> torch.Tensor:
+    """Prompt tokens per prompt (unprompted format): the weights of the ``all`` drift."""
+    from interp.chat import ChatFormat
+
+    fmt = ChatFormat(loaded.tokenizer)
+    return torch.tensor(
+        [len(fmt.format(m).positions("all")) for m in prompts.messages], dtype=torch.float64
+    )
+
+
+def drift_of(
+    base: ActivationCache, other: ActivationCache, label: str, counts: torch.Tensor
+) -> PromptDrift:
+    """Per-prompt drift; ``all`` (per-prompt token means) weighted by token counts."""
+    pd = prompt_drift(base, other)
+    if label == "all":
+        pd = dataclasses.replace(pd, weights=counts.clone(), weighting="token")
+    return pd
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def _pct(x: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval over finite replicates (as `interp.stats`), NaN if under half are."""
+    finite = x[np.isfinite(x)]
+    if finite.size < max(1, x.size // 2):
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(finite, [tail, 1.0 - tail])
+    return float(lo), float(hi)
+
+
+def boot_weights(weights: torch.Tensor, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n]: draws per prompt × its weight (`interp.stats.resample_indices` draws)."""
+    n = weights.numel()
+    idx = resample_indices(n, n_boot, seed)
+    flat = (idx + n * np.arange(n_boot)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=n * n_boot).reshape(n_boot, n).astype(np.float64)
+    return counts * weights.numpy()[None, :]
+
+
+def drift_alignment(
+    pd: PromptDrift, v: torch.Tensor, layer: int, n_boot: int, seed: int, level: float = LEVEL
+) -> tuple[AlignmentCI, np.ndarray]:
+    """Alignment of a PromptDrift with `v` at `layer`, CIs over prompts, and the bootstrap
+    cosines (for paired differences: same seed and prompts → same resamples)."""
+    w = pd.weights
+    diffs = pd.layer(layer).numpy()
+    vv = v.double().numpy()
+    norm_v = float(np.linalg.norm(vv))
+    if norm_v == 0.0:
+        raise SublensError(f"the vector is zero at layer {layer}: it has no direction")
+    unit = vv / norm_v
+    ww = w.numpy()
+    drift = ww @ diffs / ww.sum()
+    dn = float(np.linalg.norm(drift))
+    proj = float(drift @ unit)
+    cos = proj / dn if dn > 0 else float("nan")
+    resid = diffs - drift[None, :]
+    noise = float(np.sqrt((ww**2 * (resid**2).sum(axis=1)).sum()) / ww.sum())
+    signal2 = max(dn**2 - noise**2, proj**2)
+    corrected = proj / math.sqrt(signal2) if signal2 > 0 else float("nan")
+    if pd.n_prompts > 1:
+        bw = boot_weights(w, n_boot, seed)
+        means = (bw @ diffs) / bw.sum(axis=1, keepdims=True)
+        projs = means @ unit
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coss = projs / np.linalg.norm(means, axis=1)
+        cos_ci, proj_ci = _pct(coss, level), _pct(projs, level)
+    else:
+        coss = np.array([cos])
+        cos_ci, proj_ci = (cos, cos), (proj, proj)
+    ci = AlignmentCI(
+        layer=layer,
+        cosine=cos,
+        ci_low=cos_ci[0],
+        ci_high=cos_ci[1],
+        projection=proj,
+        projection_ci_low=proj_ci[0],
+        projection_ci_high=proj_ci[1],
+        drift_norm=dn,
+        noise_norm=noise,
+        cosine_corrected=corrected,
+        n_prompts=pd.n_prompts,
+        weighting=pd.weighting,
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
+    )
+    return ci, coss
+
+
+def _ratio(num: list[float], base: list[float], den_hi: list[float], n_boot: int, seed: int):
+    """(tau(X) - tau(M0)) / (tau(Y) - tau(M0)) with a paired bootstrap CI over questions."""
+    point, lo, hi = paired_bootstrap(
+        lambda x, m, y: (x.mean() - m.mean()) / (y.mean() - m.mean()),
+        [num, base, den_hi],
+        n_boot=n_boot,
+        seed=seed,
+    )
+    return {"share": point, "ci_low": lo, "ci_high": hi}
+
+
+def _diff(a: list[float], b: list[float], n_boot: int, seed: int) -> dict[str, float]:
+    point, lo, hi = paired_bootstrap(
+        lambda x, y: x.mean() - y.mean(), [a, b], n_boot=n_boot, seed=seed
+    )
+    return {"diff": point, "ci_low": lo, "ci_high": hi}
+
+
+# --- trait scores under interventions --------------------------------------------------------
+
+
+def _eval_trait(info: RunInfo):
+    from interp.traits import get_trait
+
+    trait = get_trait(info.trait)
+    n = info.config.get("eval", {}).get("n_questions")
+    if n is not None:
+        trait = dataclasses.replace(
+            trait,
+            questions=trait.questions[:n],
+            negative_questions=trait.negative_questions[:n],
+            offtopic_questions=trait.offtopic_questions[:n],
+        )
+    return trait
+
+
+def trait_scores(loaded: LoadedModel, info: RunInfo, teacher: Any = None) -> dict[str, Any]:
+    """Trait scores as the run's evaluation computes them, inside `teacher`'s context (a
+    `Teacher`: its system prompt and steering hooks), or of the plain model."""
+    from interp.traits import Score, score_trait
+
+    ev = info.config.get("eval", {})
+    kw = dict(batch_size=ev.get("batch_size", 16), n_boot=ev.get("n_boot", 2000), seed=info.seed)
+    trait = _eval_trait(info)
+    if teacher is None:
+        got = score_trait(loaded, trait, "logprob", **kw)
+    else:
+        with teacher.context():
+            got = score_trait(loaded, trait, "logprob", system_prompt=teacher.system_prompt, **kw)
+    return {k: (s.to_dict() if isinstance(s, Score) else None) for k, s in got.items()}
+
+
+def _one_layer_vector(v: torch.Tensor, layer: int, loaded: LoadedModel, method: str, **extra):
+    return SteeringVector(
+        vectors={layer: v.float()},
+        model=loaded.name,
+        d_model=loaded.d_model,
+        method=method,
+        positions="all",
+        extra=extra,
+    )
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+STYLE = {
+    "student": dict(linestyle="-", marker="o", color="black", markerfacecolor="black"),
+    "control": dict(linestyle="--", marker="s", color="dimgray", markerfacecolor="white"),
+}
+HATCH = {"student": "", "control": "//"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _plt().close(fig)
+    return path.name
+
+
+def _entries(results: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
+    return [e for e in results["alignment"] if all(e.get(k) == v for k, v in match.items())]
+
+
+def _claim(results: dict[str, Any], vec: str, pos: str, layer: int) -> str:
+    d = next(
+        (
+            x
+            for x in results.get("student_minus_control", [])
+            if x["vector"] == vec and x["positions"] == pos and x["layer"] == layer
+        ),
+        None,
+    )
+    if d is None:
+        return "alignment with v_teacher (no control to compare)"
+    if d["ci_low"] > 0:
+        return "student drift aligns with v_teacher beyond the control"
+    if d["ci_high"] < 0:
+        return "the control aligns more than the student"
+    return "no alignment beyond the control"
+
+
+def write_figures(results: dict[str, Any], out: Path) -> list[str]:
+    """Alignment over training steps and the layer profile at the final checkpoint."""
+    plt = _plt()
+    vecs = list(results["vectors"])
+    poss = results["config"]["positions"]
+    bound = results["nulls"]["random"]["exact_bound"]
+    figs = []
+    fig, axes = plt.subplots(
+        len(vecs), len(poss), figsize=(5 * len(poss), 3.4 * len(vecs)), squeeze=False
+    )
+    for r, vec in enumerate(vecs):
+        layer = results["vectors"][vec]["headline_layer"]
+        for c, pos in enumerate(poss):
+            ax = axes[r][c]
+            for m in MODELS:
+                pts = sorted(
+                    _entries(results, vector=vec, positions=pos, model=m, layer=layer),
+                    key=lambda e: e["step"],
+                )
+                if not pts:
+                    continue
+                steps = [e["step"] for e in pts]
+                ax.plot(steps, [e["cosine"] for e in pts], label=m, **STYLE[m])
+                ax.fill_between(
+                    steps,
+                    [e["ci_low"] for e in pts],
+                    [e["ci_high"] for e in pts],
+                    facecolor="lightgray" if m == "student" else "none",
+                    edgecolor="gray",
+                    hatch=HATCH[m],
+                    alpha=0.5,
+                    linewidth=0,
+                )
+            for s in (1, -1):
+                ax.axhline(
+                    s * bound,
+                    color="gray",
+                    linestyle=":",
+                    lw=1,
+                    label="random 95%" if s == 1 else None,
+                )
+            ax.set_xlabel("training step")
+            ax.set_ylabel(f"cos(v_student, v_teacher) at L{layer}")
+            ax.set_title(f"{vec}, {pos} tokens: {_claim(results, vec, pos, layer)}", fontsize=8)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    figs.append(_save(fig, out / "alignment_over_training.png"))
+
+    fig, axes = plt.subplots(
+        len(vecs), len(poss), figsize=(5 * len(poss), 3.4 * len(vecs)), squeeze=False
+    )
+    for r, vec in enumerate(vecs):
+        for c, pos in enumerate(poss):
+            ax = axes[r][c]
+            for k, m in enumerate(MODELS):
+                step = results["final_steps"].get(m)
+                pts = sorted(
+                    _entries(results, vector=vec, positions=pos, model=m, step=step),
+                    key=lambda e: e["layer"],
+                )
+                if not pts:
+                    continue
+                x = np.array([e["layer"] for e in pts]) + (k - 0.5) * 0.15
+                y = np.array([e["cosine"] for e in pts])
+                err = np.array(
+                    [
+                        [e["cosine"] - e["ci_low"] for e in pts],
+                        [e["ci_high"] - e["cosine"] for e in pts],
+                    ]
+                )
+                ax.errorbar(
+                    x, y, yerr=np.nan_to_num(err), capsize=2, label=f"{m} (step {step})", **STYLE[m]
+                )
+            ax.axhline(bound, color="gray", linestyle=":", lw=1, label="random 95%")
+            ax.axhline(-bound, color="gray", linestyle=":", lw=1)
+            ax.axhline(0, color="black", lw=0.5)
+            ax.set_xlabel("layer")
+            ax.set_ylabel("cos(v_student, v_teacher)")
+            ax.set_title(
+                f"{vec}, {pos} tokens: where along depth the drift follows v_teacher", fontsize=8
+            )
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    figs.append(_save(fig, out / "alignment_layer_profile.png"))
+
+    iv = results.get("interventions") or {}
+    if iv:
+        figs.append(_intervention_figure(iv, out))
+    ga = results.get("gradients") or {}
+    if ga:
+        figs.append(_gradient_figure(ga, out))
+    return figs
+
+
+def _intervention_figure(iv: dict[str, Any], out: Path) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(iv), figsize=(6 * len(iv), 3.6), squeeze=False)
+    hatches = ["", "//", "\\\\", "xx", "..", "oo", "--", "++", "**"]
+    for ax, (vec, d) in zip(axes[0], iv.items(), strict=True):
+        items = [(k, s) for k, s in d["scores"].items() if s is not None]
+        x = np.arange(len(items))
+        for i, (_k, s) in enumerate(items):
+            t = s["trait"]
+            ax.bar(
+                i,
+                t["mean"],
+                yerr=[[t["mean"] - t["ci_low"]], [t["ci_high"] - t["mean"]]],
+                color="white",
+                edgecolor="black",
+                hatch=hatches[i % len(hatches)],
+                capsize=3,
+            )
+        ax.set_xticks(x, [k for k, _ in items], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("trait score (logprob)")
+        ax.set_title(
+            f"{vec} at L{d['layer']}, step {d['step']}: can the vectors carry the trait?",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    return _save(fig, out / "interventions.png")
+
+
+def _gradient_figure(ga: dict[str, Any], out: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.0, 2.2 * len(ga)), 3.4))
+    width = 0.35
+    for k, (name, hatch) in enumerate((("teacher", ""), ("control", "//"))):
+        xs, ys, lo, hi = [], [], [], []
+        for i, d in enumerate(ga.values()):
+            p = d[name]
+            xs.append(i + (k - 0.5) * width)
+            ys.append(p["mean_cosine"])
+            lo.append(p["mean_cosine"] - p["ci_low"])
+            hi.append(p["ci_high"] - p["mean_cosine"])
+        ax.bar(
+            xs,
+            ys,
+            width,
+            yerr=[lo, hi],
+            color="lightgray" if k == 0 else "white",
+            edgecolor="black",
+            hatch=hatch,
+            capsize=3,
+            label=f"{name} data",
+        )
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks(range(len(ga)), [f"{v} L{d['layer']}" for v, d in ga.items()], fontsize=7)
+    ax.set_ylabel("mean cos(-grad, v_teacher)")
+    ax.set_title("Does training on the teacher's data push along v_teacher?", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / "gradient_alignment.png")
+
+
+# --- report section --------------------------------------------------------------------------
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{nd}f}"
+
+
+def _ci(d: dict[str, Any], key: str, nd: int = 3) -> str:
+    return f"{_f(d.get(key), nd)} [{_f(d.get('ci_low'), nd)}, {_f(d.get('ci_high'), nd)}]"
+
+
+def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(quantity, value [95% CI], what it would mean) rows for the report's headline table."""
+    rows = []
+    bound = results["nulls"]["random"]["exact_bound"]
+    for vec, meta in results["vectors"].items():
+        layer = meta["headline_layer"]
+        for pos in results["config"]["positions"]:
+            for m in MODELS:
+                step = results["final_steps"].get(m)
+                e = _entries(results, vector=vec, positions=pos, model=m, step=step, layer=layer)
+                if e:
+                    rows.append(
+                        (
+                            f"cos(v_{m}, {vec}) L{layer}, {pos} tokens, step {step}",
+                            _ci(e[0], "cosine"),
+                            f"alignment of the {m}'s drift; abs(cos) above {bound:.3f} is unlikely "
+                            "for a random direction",
+                        )
+                    )
+            for d in results.get("student_minus_control", []):
+                if d["vector"] == vec and d["positions"] == pos and d["layer"] == layer:
+                    rows.append(
+                        (
+                            f"cos student − cos control ({vec}, L{layer}, {pos})",
+                            _ci(d, "diff"),
+                            "> 0 with CI above 0: the student turns towards v_teacher beyond what "
+                            "number training alone does",
+                        )
+                    )
+            for u in results.get("unrelated_null", []):
+                if u["vector"] == vec and u["positions"] == pos and u["layer"] == layer:
+                    rows.append(
+                        (
+                            f"z vs unrelated trait vectors ({vec}, L{layer}, {pos})",
+                            f"{_f(u['z'], 2)} (p={_f(u['p_value'], 3)}, n={u['n_null']})",
+                            "large z: the drift follows this trait's vector more than other "
+                            "traits' vectors (a generic 'system prompt' direction is not enough)",
+                        )
+                    )
+    for vec, d in (results.get("interventions") or {}).items():
+        meanings = {
+            "sufficiency_student": "share of the student's gain that adding v_student to the "
+            "base reproduces (≈1: the drift alone carries the trait)",
+            "sufficiency_control": "the same for the control's drift (should be ≈0)",
+            "necessity_student": "share of the student's gain left after removing its shift "
+            "along v_teacher (≈0: that component is necessary)",
+            "sufficiency_teacher": "share of the teacher's gain that M0 + v_teacher reproduces",
+            "necessity_teacher": "share of the teacher's gain left after projecting v_teacher "
+            "out of the prompted teacher",
+        }
+        for key, meaning in meanings.items():
+            if key in d["shares"]:
+                rows.append(
+                    (f"{key} ({vec}, L{d['layer']})", _ci(d["shares"][key], "share"), meaning)
+                )
+    for vec, g in (results.get("gradients") or {}).items():
+        rows.append(
+            (
+                f"cos(-(ḡ_teacher − ḡ_control), {vec}) L{g['layer']}",
+                f"{_f(g['difference_cosine'])} [{_f(g['difference_ci_low'])}, "
+                f"{_f(g['difference_ci_high'])}]",
+                "> 0: the teacher's data pushes the residual along v_teacher more than the "
+                "control's data",
+            )
+        )
+    return rows
+
+
+def render_section(results: dict[str, Any], figure_prefix: str = "", level: int = 2) -> str:
+    """Markdown for the alignment analysis; figures linked under `figure_prefix`."""
+    h = "#" * level
+    cfg = results["config"]
+    rnd = results["nulls"]["random"]
+    lines = [
+        f"{h} Alignment of the student's drift with v_teacher",
+        "",
+        f"Held-out prompts: {cfg['n_prompts']} numbers prompts ({results['prompts']}); layers "
+        f"{cfg['layers']}; positions {', '.join(cfg['positions'])}; 95% percentile bootstrap CIs "
+        f"over prompts ({cfg['n_boot']} resamples). Random-direction bound for d_model "
+        f"{rnd['d_model']}: |cos| < {rnd['exact_bound']:.3f} (95%).",
+        "",
+        "| quantity | value [95% CI] | what it would mean |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in headline_rows(results)]
+    if results.get("missing"):
+        lines += ["", "Missing or skipped:", ""] + [f"- {m}" for m in results["missing"]]
+    lines += ["", *[f"![{f}]({figure_prefix}{f})" for f in results.get("figures", [])], ""]
+    lines.append(
+        "Curves: student (solid, filled circles, shaded CI) and control (dashed, open squares, "
+        "hatched CI); dotted lines: the 95% bound of a random direction's cosine."
+    )
+    return "\n".join(lines) + "\n"
+
+
+# --- the analysis ----------------------------------------------------------------------------
+
+
+def _part(out: Path, name: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """A resumable piece: reuse ``out/parts/<name>.json`` when its key matches."""
+    path = out / "parts" / f"{name}.json"
+    digest = config_hash(key)
+    if path.is_file():
+        got = read_json(path)
+        if got.get("key") == digest:
+            return got["value"]
+    value = compute()
+    write_json(path, {"key": digest, "value": value})
+    return value
+
+
+def run_align(
+    run_dir: str | Path,
+    vectors: Sequence[str | Path],
+    layers: str | list[int] = "all",
+    output_path: str | Path | None = None,
+    n_prompts: int = 32,
+    seed: int = 0,
+    quiet: bool = False,
+    *,
+    positions: Sequence[str] = ("last", "all"),
+    at_layer: int | None = None,
+    n_boot: int = 1000,
+    unrelated: bool = True,
+    interventions: bool = True,
+    gradients: bool = True,
+    grad_rows: int = 32,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Drift, alignment (CIs, nulls), interventions and gradient alignment for a run; writes
+    ``OUT/results.json``, figures and ``OUT/report.md`` (OUT defaults to RUN/align)."""
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    info = load_run(run_dir)
+    require_checkpoints(info, "student")
+    bad = [p for p in positions if p not in CACHE_MODES]
+    if bad or not positions:
+        raise SublensError(f"unknown positions {bad or positions}: use last and/or all")
+    if n_boot < 1 or grad_rows < 1:
+        raise SublensError("--n-boot and --grad-rows must be positive")
+    out = Path(output_path) if output_path else info.path / "align"
+    loaded = load_model(info.model, device=device)
+    layer_list = parse_layers(layers, loaded.n_layers)
+    vecs = load_vectors(vectors, loaded)
+    heads = {name: headline_layer(v, layer_list, at_layer) for name, v in vecs.items()}
+    prompts = heldout_prompts(n_prompts, seed)
+    store = ActStore(
+        info.path / "acts" / f"heldout-n{n_prompts}-s{seed}",
+        loaded,
+        prompts,
+        sorted(layer_list),
+        batch_size,
+        quiet,
+    )
+    counts = token_counts(loaded, prompts)
+    missing = missing_lines(info)
+
+    # 1. drift per checkpoint
+    t0 = time.perf_counter()
+    say(
+        f"[align] caching activations of base and {sum(map(len, info.checkpoints.values()))} "
+        f"checkpoints on {n_prompts} held-out prompts ..."
+    )
+    base = {p: store.get("base", CACHE_MODES[p]) for p in positions}
+    drifts: dict[tuple[str, int, str], PromptDrift] = {}
+    for m in MODELS:
+        for step, ck in info.checkpoints[m]:
+            label = f"{m}/step_{step:06d}"
+            holder: dict[str, LoadedModel] = {}
+
+            def model_for(ck: Path = ck, holder: dict = holder) -> LoadedModel:
+                from interp.distill.train import load_student
+
+                if "m" not in holder:
+                    holder["m"] = load_student(loaded, ck)
+                return holder["m"]
+
+            for p in positions:
+                acts = store.get(label, CACHE_MODES[p], model=model_for)
+                pd = drift_of(base[p], acts, p, counts)
+                drifts[(m, step, p)] = pd
+                sv = SteeringVector(
+                    vectors=pd.mean(),
+                    model=loaded.name,
+                    d_model=loaded.d_model,
+                    method="drift",
+                    positions=p,
+                    prompt_set=prompts.source,
+                    extra={
+                        "model": m,
+                        "step": step,
+                        "checkpoint": str(ck),
+                        "weighting": pd.weighting,
+                    },
+                )
+                sv.save(out / "drift" / m / f"step_{step:06d}" / p)
+            holder.clear()
+    timings["drift_s"] = round(time.perf_counter() - t0, 2)
+
+    # 2. alignment with CIs, student − control, nulls
+    t0 = time.perf_counter()
+    final = {m: info.final_step(m) for m in MODELS}
+    entries, diffs_out = [], []
+    boots: dict[tuple, np.ndarray] = {}
+    for vname, v in vecs.items():
+        for (m, step, p), pd in drifts.items():
+            for layer in layer_list:
+                if layer not in v:
+                    continue
+                ci, coss = drift_alignment(pd, v[layer], layer, n_boot, seed)
+                entries.append(
+                    {"vector": vname, "positions": p, "model": m, "step": step, **ci.to_dict()}
+                )
+                if step == final[m]:
+                    boots[(vname, p, m, layer)] = coss
+        if final["control"] is not None:
+            for p in positions:
+                for layer in layer_list:
+                    if layer not in v:
+                        continue
+                    cs = next(
+                        e
+                        for e in entries
+                        if e["vector"] == vname
+                        and e["positions"] == p
+                        and e["model"] == "student"
+                        and e["step"] == final["student"]
+                        and e["layer"] == layer
+                    )
+                    cc = next(
+                        e
+                        for e in entries
+                        if e["vector"] == vname
+                        and e["positions"] == p
+                        and e["model"] == "control"
+                        and e["step"] == final["control"]
+                        and e["layer"] == layer
+                    )
+                    rep = boots[(vname, p, "student", layer)] - boots[(vname, p, "control", layer)]
+                    lo, hi = _pct(rep)
+                    diffs_out.append(
+                        {
+                            "vector": vname,
+                            "positions": p,
+                            "layer": layer,
+                            "steps": dict(final),
+                            "diff": cs["cosine"] - cc["cosine"],
+                            "ci_low": lo,
+                            "ci_high": hi,
+                        }
+                    )
+        else:
+            missing.append("control: no checkpoints, so no student − control comparison")
+    rnd = random_cosine_null(loaded.d_model, n=10000, seed=seed)
+    approx, exact = random_cosine_bound(loaded.d_model)
+    for e in entries:
+        if e["step"] == final[e["model"]]:
+            t = null_test(e["cosine"], rnd, "greater")
+            e["p_random"] = t.p_value
+    timings["alignment_s"] = round(time.perf_counter() - t0, 2)
+
+    unrelated_out: list[dict[str, Any]] = []
+    unrelated_vecs: dict[str, dict[int, torch.Tensor]] = {}
+    if unrelated:
+        t0 = time.perf_counter()
+        from interp.traits import BUILTIN_TRAITS
+
+        others = [t for n, t in BUILTIN_TRAITS.items() if n != info.trait and t.system_prompt]
+        say(f"[align] unrelated-trait null: diff-of-means vectors of {len(others)} other traits")
+        base_last = store.get("base", "last")
+        for t in others:
+            pr = store.get(f"unrelated/{t.name}", "last", system_prompt=t.system_prompt)
+            unrelated_vecs[t.name] = {
+                layer: (pr.layer(layer).double().mean(0) - base_last.layer(layer).double().mean(0))
+                for layer in layer_list
+            }
+        for vname, v in vecs.items():
+            for p in positions:
+                step = final["student"]
+                drift = drifts[("student", step, p)].mean()
+                nulls = null_from_vectors(drift, list(unrelated_vecs.values()))
+                for layer in layer_list:
+                    if layer not in v or layer not in nulls:
+                        continue
+                    obs = next(
+                        e["cosine"]
+                        for e in entries
+                        if e["vector"] == vname
+                        and e["positions"] == p
+                        and e["model"] == "student"
+                        and e["step"] == step
+                        and e["layer"] == layer
+                    )
+                    t = null_test(obs, nulls[layer], "greater")
+                    unrelated_out.append(
+                        {
+                            "vector": vname,
+                            "positions": p,
+                            "layer": layer,
+                            "step": step,
+                            "traits": list(unrelated_vecs),
+                            "null_cosines": nulls[layer].samples.tolist(),
+                            **t.to_dict(),
+                        }
+                    )
+        timings["unrelated_s"] = round(time.perf_counter() - t0, 2)
+
+    # 3. interventions at the final student checkpoint, headline layer
+    interventions_out: dict[str, Any] = {}
+    if interventions:
+        t0 = time.perf_counter()
+        interventions_out = _interventions(info, loaded, vecs, heads, drifts, final, out, say)
+        timings["interventions_s"] = round(time.perf_counter() - t0, 2)
+
+    # 4. gradient alignment
+    gradients_out: dict[str, Any] = {}
+    if gradients:
+        t0 = time.perf_counter()
+        gradients_out = _gradients(
+            info, loaded, vecs, heads, grad_rows, n_boot, seed, out, say, missing
+        )
+        timings["gradients_s"] = round(time.perf_counter() - t0, 2)
+
+    config = {
+        "run": str(info.path),
+        "vectors": [str(p) for p in vectors],
+        "layers": layer_list,
+        "positions": list(positions),
+        "n_prompts": n_prompts,
+        "seed": seed,
+        "prompt_seed": HELDOUT_SEED_OFFSET + seed,
+        "at_layer": at_layer,
+        "n_boot": n_boot,
+        "unrelated": unrelated,
+        "interventions": interventions,
+        "gradients": gradients,
+        "grad_rows": grad_rows,
+        "batch_size": batch_size,
+    }
+    results = {
+        "analysis": "align",
+        "run": str(info.path),
+        "output_path": str(out),
+        "trait": info.trait,
+        "model": loaded.describe(),
+        "prompts": prompts.source,
+        "config": config,
+        "vectors": {n: {**v.describe(), "headline_layer": heads[n]} for n, v in vecs.items()},
+        "final_steps": {m: s for m, s in final.items() if s is not None},
+        "checkpoints": {m: [s for s, _ in info.checkpoints[m]] for m in MODELS},
+        "expected_steps": info.expected_steps,
+        "missing": missing,
+        "alignment": entries,
+        "student_minus_control": diffs_out,
+        "nulls": {
+            "random": {**rnd.to_dict(), "analytic_bound": approx, "exact_bound": exact},
+        },
+        "unrelated_null": unrelated_out,
+        "interventions": interventions_out,
+        "gradients": gradients_out,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+    results["figures"] = write_figures(results, out)
+    timings["total_s"] = round(time.perf_counter() - t_all, 2)
+    results["timings"] = timings
+    write_json(out / "results.json", results)
+    write_text(out / "report.md", render_section(results, level=1))
+    register(info.path, "align", out)
+    return results
+
+
+def register(run: Path, analysis: str, out: Path) -> None:
+    """Note where an analysis wrote, in RUN/analyses.json, so `sublens report` finds it."""
+    path = run / "analyses.json"
+    index = read_json(path) if path.is_file() else {}
+    index[analysis] = str(Path(out).resolve())
+    write_json(path, index)
+
+
+def _interventions(
+    info: RunInfo,
+    loaded: LoadedModel,
+    vecs: dict[str, SteeringVector],
+    heads: dict[str, int],
+    drifts: dict[tuple[str, int, str], PromptDrift],
+    final: dict[str, int | None],
+    out: Path,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Sufficiency and necessity of v_student and v_teacher for the trait score."""
+    from interp.distill.run import config_from_dict, make_teacher
+    from interp.distill.teachers import Teacher
+    from interp.distill.train import load_student
+    from interp.traits import get_trait
+
+    step = final["student"]
+    ck = dict(info.checkpoints["student"])[step]
+    ev = info.config.get("eval", {})
+    n_boot, seed = int(ev.get("n_boot", 2000)), info.seed
+    pos = "all" if any(k[2] == "all" for k in drifts) else "last"
+    eval_key = {"eval": ev, "seed": seed, "trait": info.trait, "model": info.model}
+
+    # base, student, teacher: from RUN/eval/scores.json when present, else computed
+    saved_path = info.path / "eval" / "scores.json"
+    saved = read_json(saved_path) if saved_path.is_file() else {}
+    holder: dict[str, LoadedModel] = {}
+
+    def student() -> LoadedModel:
+        if "s" not in holder:
+            holder["s"] = load_student(loaded, ck)
+        return holder["s"]
+
+    def teacher_scores() -> dict[str, Any]:
+        cfg = config_from_dict(info.config, str(info.path / "config.json"))
+        return trait_scores(loaded, info, make_teacher(loaded, cfg, get_trait(info.trait)))
+
+    base_s = saved.get("base") or _part(
+        out, "score-base", eval_key, lambda: trait_scores(loaded, info)
+    )
+    student_s = (saved.get("student") or {}).get(str(step)) or _part(
+        out,
+        f"score-student-{step}",
+        {**eval_key, "ck": str(ck)},
+        lambda: trait_scores(student(), info),
+    )
+    teacher_s = saved.get("teacher") or _part(
+        out, "score-teacher", {**eval_key, "t": info.config.get("teacher")}, teacher_scores
+    )
+    trait = get_trait(info.trait)
+    results: dict[str, Any] = {}
+    for vname, v in vecs.items():
+        layer = heads[vname]
+        say(f"[align] interventions for {vname} at layer {layer} (step {step}) ...")
+        v_s = drifts[("student", step, pos)].mean()[layer]
+        key = {
+            **eval_key,
+            "layer": layer,
+            "step": step,
+            "pos": pos,
+            "n": drifts[("student", step, pos)].n_prompts,
+            "v_s": float(v_s.norm()),
+        }
+        scores: dict[str, Any] = {"base": base_s, "student": student_s, "teacher": teacher_s}
+        sv_s = _one_layer_vector(v_s, layer, loaded, "drift")
+        scores["base + v_student"] = _part(
+            out,
+            f"score-base+vs-L{layer}-{step}",
+            key,
+            lambda sv=sv_s: trait_scores(loaded, info, Teacher(loaded, "steered", vector=sv)),
+        )
+        if final["control"] is not None:
+            v_c = drifts[("control", final["control"], pos)].mean()[layer]
+            sv_c = _one_layer_vector(v_c, layer, loaded, "drift")
+            scores["base + v_control"] = _part(
+                out,
+                f"score-base+vc-L{layer}-{final['control']}",
+                {**key, "v_c": float(v_c.norm())},
+                lambda sv=sv_c: trait_scores(loaded, info, Teacher(loaded, "steered", vector=sv)),
+            )
+        unit = v.unit(layer)
+        shift = float(v_s.double() @ unit.double())
+        sv_rm = _one_layer_vector(-shift * unit, layer, loaded, "remove-shift", shift=shift)
+        vkey = {**key, "vector": v.describe()}
+        scores["student − shift along v_teacher"] = _part(
+            out,
+            f"score-student-rm-{vname}-L{layer}-{step}",
+            {**vkey, "shift": shift},
+            lambda sv=sv_rm: trait_scores(
+                student(), info, Teacher(student(), "steered", vector=sv)
+            ),
+        )
+        scores["base + v_teacher"] = _part(
+            out,
+            f"score-base+vt-{vname}-L{layer}",
+            vkey,
+            lambda v=v, layer=layer: trait_scores(
+                loaded, info, Teacher(loaded, "steered", vector=v, layers=[layer])
+            ),
+        )
+        if trait.system_prompt:
+            scores["prompted − v_teacher"] = _part(
+                out,
+                f"score-prompted-proj-{vname}-L{layer}",
+                vkey,
+                lambda v=v, layer=layer: trait_scores(
+                    loaded,
+                    info,
+                    Teacher(
+                        loaded,
+                        "projected",
+                        system_prompt=trait.system_prompt,
+                        vector=v,
+                        layers=[layer],
+                    ),
+                ),
+            )
+            t_cfg = info.config.get("teacher", {})
+            if t_cfg.get("kind") == "prompted" and t_cfg.get("system_prompt") in (
+                None,
+                trait.system_prompt,
+            ):
+                scores["prompted"] = teacher_s
+            else:
+                scores["prompted"] = _part(
+                    out,
+                    "score-prompted",
+                    eval_key,
+                    lambda: trait_scores(
+                        loaded, info, Teacher(loaded, "prompted", system_prompt=trait.system_prompt)
+                    ),
+                )
+
+        def pq(name: str, scores: dict[str, Any] = scores) -> list[float]:
+            return scores[name]["trait"]["per_question"]
+
+        shares = {
+            "student_gain": _diff(pq("student"), pq("base"), n_boot, seed),
+            "teacher_gain": _diff(pq("teacher"), pq("base"), n_boot, seed),
+            "sufficiency_student": _ratio(
+                pq("base + v_student"), pq("base"), pq("student"), n_boot, seed
+            ),
+            "necessity_student": _ratio(
+                pq("student − shift along v_teacher"), pq("base"), pq("student"), n_boot, seed
+            ),
+            "sufficiency_teacher": _ratio(
+                pq("base + v_teacher"), pq("base"), pq("teacher"), n_boot, seed
+            ),
+        }
+        if "base + v_control" in scores:
+            shares["sufficiency_control"] = _ratio(
+                pq("base + v_control"), pq("base"), pq("student"), n_boot, seed
+            )
+        if "prompted − v_teacher" in scores:
+            shares["necessity_teacher"] = _ratio(
+                pq("prompted − v_teacher"), pq("base"), pq("prompted"), n_boot, seed
+            )
+        gates = {
+            k: all(s[c] is None or s[c]["mean"] <= 0.10 for c in ("negative", "offtopic"))
+            for k, s in scores.items()
+        }
+        results[vname] = {
+            "layer": layer,
+            "step": step,
+            "positions": pos,
+            "shift_along_v_teacher": shift,
+            "scores": scores,
+            "shares": shares,
+            "passes_puppeting_gate": gates,
+            "definitions": {
+                "share": "(tau(X) - tau(M0)) / (tau(reference) - tau(M0)), paired bootstrap over "
+                "questions; reference = student for the student tests, teacher (or the prompted "
+                "base for necessity_teacher) for the teacher tests",
+                "student − shift along v_teacher": "h - (v_student · v̂_teacher) v̂_teacher at "
+                "every position: the student's mean component along v̂ set back to the base's",
+            },
+        }
+    holder.clear()
+    return results
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _gradients(
+    info: RunInfo,
+    loaded: LoadedModel,
+    vecs: dict[str, SteeringVector],
+    heads: dict[str, int],
+    grad_rows: int,
+    n_boot: int,
+    seed: int,
+    out: Path,
+    say: Callable[[str], None],
+    missing: list[str],
+) -> dict[str, Any]:
+    """Residual gradients of the base on teacher vs control rows, against v_teacher."""
+    from interp.gradients import gradient_alignment, residual_gradients
+
+    teach = _rows(info.path / "data" / "teacher.jsonl")
+    ctrl = _rows(info.path / "data" / "control.jsonl")
+    if not teach or not ctrl:
+        missing.append("gradient alignment: RUN/data/teacher.jsonl or control.jsonl is missing")
+        return {}
+
+    def user(r: dict[str, Any]) -> str:
+        return next((m["content"] for m in r["messages"] if m["role"] == "user"), "")
+
+    by_prompt = {user(r): r for r in ctrl}
+    pairs = [(r, by_prompt[user(r)]) for r in teach if user(r) in by_prompt][:grad_rows]
+    paired = len(pairs) >= min(grad_rows, 8)
+    if paired:
+        t_rows, c_rows = [a for a, _ in pairs], [b for _, b in pairs]
+    else:
+        t_rows, c_rows = teach[:grad_rows], ctrl[:grad_rows]
+    grads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    out_d = {}
+    for vname, v in vecs.items():
+        layer = heads[vname]
+        if layer not in grads:
+            say(f"[align] residual gradients at layer {layer} on {len(t_rows)}+{len(c_rows)} rows")
+            grads[layer] = (
+                residual_gradients(loaded, t_rows, layer, batch_size=8),
+                residual_gradients(loaded, c_rows, layer, batch_size=8),
+            )
+        g_t, g_c = grads[layer]
+        ga = gradient_alignment(g_t, g_c, v[layer], n_boot=n_boot, seed=seed, paired=paired)
+        out_d[vname] = {
+            "layer": layer,
+            "n_teacher_rows": len(t_rows),
+            "n_control_rows": len(c_rows),
+            **ga.to_dict(),
+        }
+    return out_d

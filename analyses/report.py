@@ -1,0 +1,149 @@
+"""`sublens report RUN`: one report.md for a distillation run and its mechanism analyses.
+
+Assembles, from whatever exists: the distillation's own report (`analyses.distill`: trait
+scores, transfer ratio, its figure), the alignment analysis (`analyses.align`) and the probes
+(`analyses.probe`), found under RUN/align and RUN/probe or wherever RUN/analyses.json says they
+were written. A headline table comes first; every part that is missing is named with the
+command that makes it, so a partial run still gets a report. Writes RUN/report.md (replacing
+the distillation-only report that `sublens distill run` writes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from analyses.align import load_run, missing_lines
+from interp.io import read_json, write_text
+
+
+def _demote(markdown: str, by: int = 1) -> str:
+    """Push every heading down `by` levels, so a standalone report nests as a section."""
+    return "\n".join(
+        ("#" * by + line) if line.startswith("#") else line for line in markdown.splitlines()
+    )
+
+
+def _find(run: Path, analysis: str) -> Path | None:
+    index = run / "analyses.json"
+    candidates = []
+    if index.is_file():
+        where = read_json(index).get(analysis)
+        if where:
+            candidates.append(Path(where))
+    candidates.append(run / analysis)
+    for c in candidates:
+        if (c / "results.json").is_file():
+            return c
+    return None
+
+
+def _prefix(run: Path, out: Path) -> str:
+    rel = os.path.relpath(out.resolve(), run.resolve())
+    return "" if rel == "." else rel.replace(os.sep, "/") + "/"
+
+
+def _distill_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    from analyses.distill import _ci
+
+    h = results["headline"]
+    rows = []
+    if "transfer_ratio_student" in h:
+        rows.append(
+            (
+                "transfer ratio (student)",
+                _ci(h["transfer_ratio_student"], "ratio", 3),
+                "share of the teacher's trait gain the student shows (0 none, 1 all)",
+            )
+        )
+    if "student_minus_control" in h:
+        rows.append(
+            (
+                "tau(S) − tau(C)",
+                _ci(h["student_minus_control"], "diff"),
+                "CI above 0: the trait transferred beyond what number training alone does",
+            )
+        )
+    return rows
+
+
+def _pick(rows: list[tuple[str, str, str]], *needles: str) -> list[tuple[str, str, str]]:
+    return [r for r in rows if any(n in r[0] for n in needles)]
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write RUN/report.md from every analysis present; say what is missing. Returns its path."""
+    info = load_run(run_dir)
+    run = info.path
+    missing = missing_lines(info)
+    headline: list[tuple[str, str, str]] = []
+    sections: list[str] = []
+
+    res_path = run / "results.json"
+    if res_path.is_file():
+        from analyses.distill import render_report, write_figures
+
+        results = read_json(res_path)
+        figures = write_figures(results, run)
+        sections.append(_demote(render_report(results, figures)))
+        headline += _distill_rows(results)
+    else:
+        missing.append(
+            "distillation results (RUN/results.json): training or evaluation has not finished; "
+            "rerun `sublens distill run` with the same config (it resumes)"
+        )
+
+    align_dir = _find(run, "align")
+    if align_dir is not None:
+        from analyses import align
+
+        res = read_json(align_dir / "results.json")
+        sections.append(align.render_section(res, _prefix(run, align_dir), level=2))
+        rows = align.headline_rows(res)
+        headline += _pick(rows, "cos student − cos control", "ḡ_teacher")
+        headline += _pick(rows, "sufficiency_student", "necessity_student")
+        headline += _pick(rows, "sufficiency_teacher", "necessity_teacher")
+        missing += [f"align: {m}" for m in res.get("missing", []) if m not in missing]
+    else:
+        missing.append(
+            f"alignment analysis: run `sublens align --run {run} --vectors VECTOR_DIR --layers all`"
+        )
+
+    probe_dir = _find(run, "probe")
+    if probe_dir is not None:
+        from analyses import probe
+
+        res = read_json(probe_dir / "results.json")
+        sections.append(probe.render_section(res, _prefix(run, probe_dir), level=2))
+        if res["probes"]:
+            best = max(res["probes"], key=lambda k: res["probes"][k]["auroc"])
+            headline += _pick(probe.headline_rows(res), f"AUROC L{best} ", f", L{best}")
+        missing += [f"probe: {m}" for m in res.get("missing", []) if m not in missing]
+    else:
+        missing.append(f"probes: run `sublens probe --run {run} --layers 6,12,18`")
+
+    cfg = info.config
+    lines = [
+        f"# Subliminal learning run — {cfg['trait']} on {cfg['model']}",
+        "",
+        f"Run directory `{run}`; teacher {cfg.get('teacher', {}).get('kind')}, seed "
+        f"{cfg.get('seed')}. Checkpoints: student "
+        f"{[s for s, _ in info.checkpoints['student']] or 'none'}, control "
+        f"{[s for s, _ in info.checkpoints['control']] or 'none'}.",
+        "",
+        "## Headline numbers",
+        "",
+    ]
+    if headline:
+        lines += ["| quantity | value [95% CI] | what it would mean |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in headline]
+    else:
+        lines.append("No analysis has finished yet: see what is missing below.")
+    lines += ["", "## What is missing", ""]
+    lines += [f"- {m}" for m in missing] if missing else ["Nothing: every part ran."]
+    lines.append("")
+    text = "\n".join(lines) + "\n" + "\n".join(s.rstrip() + "\n" for s in sections)
+    path = run / "report.md"
+    write_text(path, text)
+    return path

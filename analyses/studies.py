@@ -1,0 +1,318 @@
+"""What the multi-run studies share: presets, one resumable distillation per study point, reuse of
+identical stages between points, and a bootstrap over seeds and questions.
+
+A study (transfer ratio vs steering strength, optimizer ablation) is a grid of ordinary
+distillation runs (`interp.distill.run.run_distillation`), each in its own directory under
+``STUDY/points/``. A point whose ``results.json`` matches its config is read, not rerun, so a
+killed study resumes by running the same command again.
+
+Stages that are the same in several points are computed once and hard-linked into the others
+(`prefill_point`): the control (base teacher → data → control student) does not depend on the
+steering strength, and the data and teacher log-probs do not depend on the student's optimizer.
+Every stage is keyed by its own config hash, so a prefilled stage is used only where it is the
+very stage the point would have computed.
+
+Uncertainty (`replicate_means`): every point is scored on the same questions and, for a given
+seed, shares the base (and in a sweep the control). A replicate resamples seeds (when there are
+several) and then questions, the *same* draw at every point, and recomputes each point's means;
+a statistic's interval is the percentile interval of its replicates. So CIs include both the
+question sampling and the seed-to-seed variation of training, and differences between points are
+paired.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp.distill.run import RunConfig, config_from_dict, run_distillation
+from interp.errors import SublensError
+from interp.io import config_hash, read_json, write_json
+
+# A short run that a 5-strength sweep on smollm2-135m fits in ~30 minutes on 2 CPU cores
+# (the control is trained once for the whole sweep): 128 constrained number rows, logit-KL over
+# the digit tokens, full fine-tuning for 48 AdamW steps of 8 rows (3 epochs), all 55 questions.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "data.n": 128,
+        "data.max_new_tokens": 30,
+        "data.batch_size": 32,
+        "train.objective": "logit-kl",
+        "train.lr": 1e-4,
+        "train.batch_size": 8,
+        "train.max_steps": 48,
+        "train.checkpoint_every": 0,
+        "eval.n_boot": 1000,
+    },
+    "full": {},  # the config file's (or RunConfig's) own values
+}
+
+STAT_NAMES = ("tau_base", "tau_teacher", "tau_student", "tau_control")
+
+
+def say_fn(quiet: bool, tag: str) -> Callable[[str], None]:
+    if quiet:
+        return lambda msg: None
+    return lambda msg: print(f"[{tag}] {msg}", file=sys.stderr, flush=True)
+
+
+def base_config(
+    config_path: str | Path | None,
+    overrides: dict[str, Any] | None,
+    preset: str = "quick",
+) -> dict[str, Any]:
+    """The resolved run config (as a dict) every point starts from: file < preset < flags."""
+    from interp.distill.run import load_run_config, set_override
+
+    if preset not in PRESETS:
+        raise SublensError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+    file_cfg = load_run_config(config_path).to_dict() if config_path else RunConfig().to_dict()
+    for k, v in PRESETS[preset].items():
+        set_override(file_cfg, k, v)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            set_override(file_cfg, k, v)
+    file_cfg["output_path"] = None
+    cfg = config_from_dict(file_cfg, "study config")
+    cfg.train.validate()
+    return cfg.to_dict()
+
+
+def point_config(base: dict[str, Any], out: Path, **dotted: Any) -> RunConfig:
+    """`base` with `dotted` overrides (``{"teacher.alpha": 2.0}``) and its own output path."""
+    from interp.distill.run import set_override
+
+    data = copy.deepcopy(base)
+    for k, v in dotted.items():
+        set_override(data, k, v)
+    data["output_path"] = str(out)
+    # train.seed follows the run seed: a seed is a different data sample *and* data order
+    if "seed" in dotted:
+        data.setdefault("train", {})["seed"] = dotted["seed"]
+    if data.get("train", {}).get("lora_targets") is not None:
+        data["train"]["lora_targets"] = list(data["train"]["lora_targets"])
+    cfg = config_from_dict(data, f"study point {out}")
+    cfg.train.validate()
+    return cfg
+
+
+def _run_hash(cfg: RunConfig) -> str:
+    """The hash `run_distillation` writes into config.json (output path and device left out)."""
+    resolved = cfg.to_dict()
+    resolved["output_path"] = str(cfg.output_path)
+    return config_hash({k: v for k, v in resolved.items() if k not in ("output_path", "device")})
+
+
+def finished_results(cfg: RunConfig) -> dict[str, Any] | None:
+    """The point's results when it already finished with this very config, else None."""
+    out = Path(str(cfg.output_path))
+    cfg_file, res_file = out / "config.json", out / "results.json"
+    if not (cfg_file.is_file() and res_file.is_file()):
+        return None
+    if read_json(cfg_file).get("hash") != _run_hash(cfg):
+        return None
+    return read_json(res_file)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link `src` (file or directory) to `dst`, copying where links are not possible.
+    Later writes replace files atomically (new inodes), so the source is never modified."""
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+    else:
+        link(str(src), str(dst))
+
+
+def prefill_point(
+    src: Path, dst: Path, cfg: RunConfig, parts: Sequence[str], scores: Sequence[str]
+) -> bool:
+    """Seed a not-yet-started point `dst` with finished stages of point `src` (same model, trait,
+    seed, data and eval settings): the files in `parts` and the `scores` entries ("base",
+    "teacher", "control") of eval/scores.json. Returns whether anything was prefilled."""
+    if (dst / "config.json").is_file() or not (src / "results.json").is_file():
+        return False
+    dst.mkdir(parents=True, exist_ok=True)
+    # run_distillation accepts a non-empty directory only as a run of the same config
+    resolved = cfg.to_dict()
+    resolved["output_path"] = str(cfg.output_path)
+    write_json(dst / "config.json", {"hash": _run_hash(cfg), "config": resolved})
+    done = False
+    for part in parts:
+        s = src / part
+        if s.exists() and not (dst / part).exists():
+            _link_tree(s, dst / part)
+            done = True
+    src_scores = src / "eval" / "scores.json"
+    if scores and src_scores.is_file():
+        old = read_json(src_scores)
+        new = {"key": old["key"], "base": None, "teacher": None, "student": {}, "control": {}}
+        for name in scores:
+            new[name] = old.get(name)
+        write_json(dst / "eval" / "scores.json", new)
+        done = True
+    return done
+
+
+def run_point(cfg: RunConfig, overwrite: bool, quiet: bool) -> tuple[dict[str, Any], bool]:
+    """(results, reused): a finished point is read back; otherwise `run_distillation` runs (or
+    resumes) it."""
+    if not overwrite:
+        got = finished_results(cfg)
+        if got is not None:
+            return got, True
+    return run_distillation(cfg, overwrite=overwrite, quiet=quiet), False
+
+
+def final_loss(run_dir: str | Path, which: str = "student", tail: float = 0.1) -> float | None:
+    """Mean training loss over the last `tail` share of steps (at least one): the level a run
+    reached, less noisy than its last step's loss."""
+    import json
+
+    path = Path(run_dir) / which / "curves.jsonl"
+    if not path.is_file():
+        return None
+    losses = [json.loads(x)["loss"] for x in path.read_text().splitlines() if x.strip()]
+    losses = [v for v in losses if v is not None and math.isfinite(v)]
+    if not losses:
+        return None
+    k = max(1, int(round(len(losses) * tail)))
+    return float(np.mean(losses[-k:]))
+
+
+def per_question(results: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per-question trait scores of base, teacher, student and control (final checkpoints)."""
+    h = results["headline"]
+    missing = [k for k in STAT_NAMES if k not in h]
+    if missing:
+        raise SublensError(
+            f"run {results.get('run')} has no {', '.join(missing)}: rerun it to completion"
+        )
+    return {k: np.asarray(h[k]["per_question"], dtype=np.float64) for k in STAT_NAMES}
+
+
+def stack_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """[n_seeds, n_questions] arrays per score from one point's runs (one per seed)."""
+    pqs = [per_question(r) for r in runs]
+    n = {p["tau_base"].shape[0] for p in pqs}
+    if len(n) != 1:
+        raise SublensError(f"the runs of one point were scored on different questions: {n}")
+    return {k: np.stack([p[k] for p in pqs]) for k in STAT_NAMES}
+
+
+def resample_counts(
+    n_seeds: int, n_questions: int, n_boot: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """How often each seed and each question is drawn in each replicate: ([n_boot, n_seeds],
+    [n_boot, n_questions]). One seed is never resampled (its variation is not observable)."""
+    rng = np.random.default_rng(seed)
+    if n_seeds > 1:
+        s = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+        cs = np.stack([np.bincount(r, minlength=n_seeds) for r in s]).astype(np.float64)
+    else:
+        cs = np.ones((n_boot, 1))
+    q = rng.integers(0, n_questions, size=(n_boot, n_questions))
+    cq = np.stack([np.bincount(r, minlength=n_questions) for r in q]).astype(np.float64)
+    return cs, cq
+
+
+def replicate_means(
+    arrays: dict[str, np.ndarray], cs: np.ndarray, cq: np.ndarray
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(point means, replicate means [n_boot]) of each [n_seeds, n_questions] array: the mean
+    over the drawn seeds × drawn questions of each replicate."""
+    point = {k: float(a.mean()) for k, a in arrays.items()}
+    norm = cs.sum(1) * cq.sum(1)
+    reps = {k: np.einsum("bi,ij,bj->b", cs, a, cq) / norm for k, a in arrays.items()}
+    return point, reps
+
+
+def derived(m: dict[str, Any]) -> dict[str, Any]:
+    """Transfer statistics from means (floats or replicate arrays alike)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tg = np.subtract(m["tau_teacher"], m["tau_base"])
+        return {
+            "teacher_gain": tg,
+            "student_gain": np.subtract(m["tau_student"], m["tau_base"]),
+            "control_gain": np.subtract(m["tau_control"], m["tau_base"]),
+            "student_minus_control": np.subtract(m["tau_student"], m["tau_control"]),
+            "transfer_ratio": np.divide(np.subtract(m["tau_student"], m["tau_base"]), tg),
+            "transfer_ratio_vs_control": np.divide(
+                np.subtract(m["tau_student"], m["tau_control"]), tg
+            ),
+        }
+
+
+def interval(point: float, reps: np.ndarray, level: float = 0.95) -> dict[str, float | None]:
+    """{value, ci_low, ci_high}: percentile interval over finite replicates (None when the
+    point is undefined or fewer than half of the replicates are finite)."""
+    finite = reps[np.isfinite(reps)]
+    ok = math.isfinite(point) and finite.size >= max(1, reps.size // 2)
+    if not ok:
+        return {"value": point if math.isfinite(point) else None, "ci_low": None, "ci_high": None}
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(finite, [tail, 1 - tail])
+    return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi)}
+
+
+def summarise_point(
+    arrays: dict[str, np.ndarray], cs: np.ndarray, cq: np.ndarray
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Scores and transfer statistics of one point with CIs, plus the replicates of each."""
+    point, reps = replicate_means(arrays, cs, cq)
+    dp, dr = derived(point), derived(reps)
+    allp = {**point, **{k: float(v) for k, v in dp.items()}}
+    allr = {**reps, **dr}
+    return {k: interval(allp[k], allr[k]) for k in allp}, allr
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float | None]:
+    """Mean and Student-t interval across seeds (None with fewer than two finite values)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size < 2:
+        return {"mean": float(v.mean()) if v.size else None, "ci_low": None, "ci_high": None}
+    from scipy import stats
+
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return {
+        "mean": float(v.mean()),
+        "ci_low": float(v.mean() - half),
+        "ci_high": float(v.mean() + half),
+    }
+
+
+def fmt(x: float | None, nd: int = 3) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.{nd}g}"
+
+
+def fmt_ci(d: dict[str, Any] | None, key: str = "value", nd: int = 3) -> str:
+    if not d or d.get(key) is None:
+        return "undefined"
+    if d.get("ci_low") is None:
+        return f"{fmt(d[key], nd)} [–]"
+    return f"{fmt(d[key], nd)} [{fmt(d['ci_low'], nd)}, {fmt(d['ci_high'], nd)}]"
+
+
+def timer() -> Callable[[], float]:
+    t0 = time.perf_counter()
+    return lambda: round(time.perf_counter() - t0, 1)
+
+
+def alpha_dir(alpha: float) -> str:
+    return f"alpha_{alpha:g}"

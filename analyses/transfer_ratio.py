@@ -1,0 +1,433 @@
+"""Transfer ratio vs steering strength: does subliminal transfer switch on at a threshold?
+
+Teachers are the base model steered by ``alpha * v`` for each alpha; every (alpha, seed) is one
+distillation run with student and control. Per alpha: the teacher's, student's and control's
+trait scores and the transfer ratio ``(tau(S) - tau(M0)) / (tau(T) - tau(M0))`` (and the share
+beyond the control, ``(tau(S) - tau(C)) / (tau(T) - tau(M0))``), with CIs from a bootstrap over
+seeds and questions (`analyses.studies`). The shape of ratio vs alpha is classified by
+`interp.threshold.detect_threshold` (sharp threshold / continuous / none detectable).
+
+At alpha 0 the steered teacher *is* the base: the denominator is zero and the ratio is
+undefined (reported as such; the point still gives the student's and control's drift). A ratio
+is fitted only at strengths whose teacher gain is resolved (its interval above zero): elsewhere
+the ratio divides by noise. The student's gain over the control is fitted at every strength.
+
+Layout: ``OUT/points/alpha_{a}/seed_{s}/`` (distillation runs), ``OUT/results.json``,
+``OUT/transfer_ratio.png``, ``OUT/report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp.errors import SublensError
+from interp.io import atomic_path, git_commit, package_versions, read_json, write_json, write_text
+from interp.threshold import detect_threshold
+
+from .studies import (
+    alpha_dir,
+    base_config,
+    fmt,
+    fmt_ci,
+    point_config,
+    prefill_point,
+    resample_counts,
+    run_point,
+    say_fn,
+    stack_seeds,
+    summarise_point,
+    timer,
+)
+
+CONTROL_PARTS = (
+    "data/control.raw.jsonl",
+    "data/control.raw.jsonl.meta.json",
+    "data/control.jsonl",
+    "data/control.rejects.jsonl",
+    "data/control.filter.json",
+    "targets/control",
+    "control",
+)
+
+
+def _check_alphas(alphas: list[float]) -> list[float]:
+    if not alphas:
+        raise SublensError("give at least one steering strength, e.g. --alphas 0,1,2,4,8")
+    bad = [a for a in alphas if not math.isfinite(a)]
+    if bad:
+        raise SublensError(f"steering strengths must be finite numbers, got {bad[0]}")
+    if len(set(alphas)) != len(alphas):
+        raise SublensError(f"steering strengths repeat: {alphas}")
+    return sorted(alphas)
+
+
+def run_transfer_ratio(
+    vector: str | Path,
+    alphas: list[float],
+    seeds: int | list[int] = 1,
+    output_path: str | Path = "artifacts/studies/transfer-ratio",
+    config_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    preset: str = "quick",
+    layers: list[int] | None = None,
+    share_control: bool = True,
+    n_boot: int = 2000,
+    max_refits: int = 200,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) the sweep and write results.json, the figure and report.md into
+    `output_path`; returns the results. `overrides` are dotted run-config keys
+    (``{"model": "gemma3-270m", "train.lr": 1e-4}``) on top of the file and the preset."""
+    from interp.steering import SteeringVector
+
+    alphas = _check_alphas([float(a) for a in alphas])
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise SublensError("give at least one seed (--seeds 1 or more)")
+    vdir = Path(vector)
+    SteeringVector.load(vdir)  # fail early, with the loader's message, on a bad vector
+    out = Path(output_path)
+    say = say_fn(quiet, "transfer-ratio")
+    clock = timer()
+    base = base_config(config_path, overrides, preset)
+    spec = {"teacher.kind": "steered", "teacher.vector": str(vdir)}
+    if layers is not None:
+        spec["teacher.layers"] = list(layers)
+
+    runs: dict[float, list[dict[str, Any]]] = {}
+    reused = 0
+    timings: dict[str, float] = {}
+    for seed in seed_list:
+        first: Path | None = None
+        for a in alphas:
+            pdir = out / "points" / alpha_dir(a) / f"seed_{seed}"
+            cfg = point_config(base, pdir, **spec, **{"teacher.alpha": a, "seed": seed})
+            if (
+                share_control
+                and first is not None
+                and not overwrite
+                and prefill_point(first, pdir, cfg, CONTROL_PARTS, ("base", "control"))
+            ):
+                say(f"alpha {a:g} seed {seed}: control reused from {first}")
+            say(f"alpha {a:g} seed {seed} -> {pdir}")
+            t = timer()
+            res, was_reused = run_point(cfg, overwrite=overwrite, quiet=quiet)
+            reused += was_reused
+            timings[f"{alpha_dir(a)}/seed_{seed}_s"] = t()
+            runs.setdefault(a, []).append(res)
+            if first is None:
+                first = pdir
+
+    results = summarise_sweep(runs, seed_list, n_boot=n_boot, max_refits=max_refits, seed=0)
+    results["config"] = {
+        "analysis": "transfer-ratio",
+        "vector": str(vdir),
+        "alphas": alphas,
+        "seeds": seed_list,
+        "preset": preset,
+        "layers": layers,
+        "share_control": share_control,
+        "n_boot": n_boot,
+        "max_refits": max_refits,
+        "run_config": base,
+    }
+    results["run"] = str(out)
+    results["versions"] = package_versions()
+    results["git_commit"] = git_commit()
+    timings["total_s"] = clock()
+    results["timings"] = {**timings, "points_reused": reused}
+    figures = write_figures(results, out)
+    results["figures"] = figures
+    write_json(out / "config.json", results["config"])
+    write_text(out / "report.md", render_report(results))
+    write_json(out / "results.json", results)
+    say(results["threshold"]["transfer_ratio"]["sentence"])
+    return results
+
+
+def summarise_sweep(
+    runs: dict[float, list[dict[str, Any]]],
+    seeds: list[int],
+    n_boot: int = 2000,
+    max_refits: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per-alpha statistics with CIs and the threshold analysis, from finished point results
+    (``runs[alpha]`` = one results dict per seed, in the same seed order at every alpha)."""
+    alphas = sorted(runs)
+    arrays = {a: stack_seeds(runs[a]) for a in alphas}
+    n_seeds, n_q = arrays[alphas[0]]["tau_base"].shape
+    if any(arrays[a]["tau_base"].shape != (n_seeds, n_q) for a in alphas):
+        raise SublensError("every strength needs the same seeds and questions")
+    cs, cq = resample_counts(n_seeds, n_q, n_boot, seed)
+    points, reps = [], {}
+    for a in alphas:
+        stats, r = summarise_point(arrays[a], cs, cq)
+        reps[a] = r
+        first = runs[a][0]
+        points.append(
+            {
+                "alpha": a,
+                **stats,
+                "teacher_gain_resolved": bool(
+                    stats["teacher_gain"]["ci_low"] is not None
+                    and stats["teacher_gain"]["ci_low"] > 0
+                ),
+                "per_seed_ratio": [
+                    r["headline"]["transfer_ratio_student"]["ratio"] for r in runs[a]
+                ],
+                "teacher_offtarget": _offtarget(first),
+                "runs": [r["run"] for r in runs[a]],
+            }
+        )
+    resolved = [p["alpha"] for p in points if p["teacher_gain_resolved"]]
+    x = np.array(resolved, dtype=np.float64)
+    thr_ratio = detect_threshold(
+        x,
+        np.array([_v(p, "transfer_ratio") for p in points if p["alpha"] in resolved]),
+        np.stack([reps[a]["transfer_ratio"] for a in resolved], axis=1)
+        if resolved
+        else np.zeros((n_boot, 0)),
+        max_refits=max_refits,
+        what="transfer ratio",
+    )
+    xa = np.array(alphas, dtype=np.float64)
+    thr_gain = detect_threshold(
+        xa,
+        np.array([_v(p, "student_minus_control") for p in points]),
+        np.stack([reps[a]["student_minus_control"] for a in alphas], axis=1),
+        max_refits=max_refits,
+        what="student − control score",
+    )
+    # student gain against the teacher's gain: does the student follow the teacher in proportion?
+    return {
+        "analysis": "transfer-ratio",
+        "n_questions": int(n_q),
+        "n_seeds": int(n_seeds),
+        "ci": "95% percentile bootstrap over seeds (when several) and questions, paired across "
+        "strengths",
+        "points": points,
+        "threshold": {"transfer_ratio": thr_ratio, "student_minus_control": thr_gain},
+        "model": runs[alphas[0]][0]["config"]["model"],
+        "trait": runs[alphas[0]][0]["trait"],
+    }
+
+
+def _v(point: dict[str, Any], key: str) -> float:
+    v = point[key]["value"]
+    return float("nan") if v is None else float(v)
+
+
+def _offtarget(results: dict[str, Any]) -> dict[str, float | None]:
+    """The teacher's trait score on negative and off-topic questions (puppeting check)."""
+    path = Path(results["run"]) / "eval" / "scores.json"
+    if not path.is_file():
+        return {"negative": None, "offtopic": None}
+    t = read_json(path).get("teacher") or {}
+    return {k: (t.get(k) or {}).get("mean") for k in ("negative", "offtopic")}
+
+
+# --- figures and report ----------------------------------------------------------------------
+
+
+def _short_claim(thr: dict[str, Any]) -> str:
+    v = thr["verdict"]
+    if v == "sharp threshold":
+        p = thr["fit"]["fits"]["logistic"]["params"]
+        return f"Transfer switches on sharply near alpha≈{p['mid']:.3g}"
+    if v == "continuous":
+        m = thr["maximum"]
+        return f"Transfer rises continuously (max ratio {m['value']:.2g})"
+    if v == "no transfer detectable":
+        return "No transfer detectable at any strength"
+    return "Too few strengths to tell the curve's shape"
+
+
+def _model_curve(fit: dict[str, Any], xs: np.ndarray) -> np.ndarray | None:
+    from interp.threshold import logistic
+
+    if not fit.get("preferred"):
+        return None
+    p = fit["fits"][fit["preferred"]]["params"]
+    if fit["preferred"] == "logistic":
+        return logistic(xs, p["lo"], p["hi"], p["mid"], p["slope"])
+    if fit["preferred"] == "linear":
+        return p["a"] + p["b"] * xs
+    return np.full_like(xs, p["c"])
+
+
+def write_figures(results: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = results["points"]
+    thr = results["threshold"]["transfer_ratio"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, marker, label in (
+        ("transfer_ratio", "o", "(τS − τM0) / (τT − τM0)"),
+        ("transfer_ratio_vs_control", "s", "(τS − τC) / (τT − τM0)"),
+    ):
+        sel = [p for p in pts if p["teacher_gain_resolved"] and p[key]["value"] is not None]
+        if not sel:
+            continue
+        xs = np.array([p["alpha"] for p in sel])
+        ys = np.array([p[key]["value"] for p in sel])
+        lo = np.array([p[key]["ci_low"] if p[key]["ci_low"] is not None else np.nan for p in sel])
+        hi = np.array([p[key]["ci_high"] if p[key]["ci_high"] is not None else np.nan for p in sel])
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=[np.nan_to_num(ys - lo), np.nan_to_num(hi - ys)],
+            fmt=marker,
+            color="black" if key == "transfer_ratio" else "dimgray",
+            mfc="white",
+            capsize=3,
+            label=label,
+        )
+    fit = thr["fit"]
+    if fit.get("preferred") and thr["x"]:
+        xs = np.linspace(min(thr["x"]), max(thr["x"]), 200)
+        curve = _model_curve(fit, xs)
+        if curve is not None:
+            ax.plot(xs, curve, "-", color="gray", lw=1.2, label=f"{fit['preferred']} fit")
+    ax.axhline(0, color="gray", lw=0.8, ls=":")
+    all_a = [p["alpha"] for p in pts]
+    pad = 0.05 * ((max(all_a) - min(all_a)) or 1.0)
+    ax.set_xlim(min(all_a) - pad, max(all_a) + pad)
+    ax.set_xlabel("steering strength alpha")
+    ax.set_ylabel("transfer ratio")
+    ax.set_title(_short_claim(thr), fontsize=10)
+    ax.legend(fontsize=7)
+
+    tx = np.array([p["tau_teacher"]["value"] for p in pts])
+    for key, marker, label in (("tau_student", "o", "student"), ("tau_control", "s", "control")):
+        ys = np.array([p[key]["value"] for p in pts])
+        lo = np.array([p[key]["ci_low"] for p in pts])
+        hi = np.array([p[key]["ci_high"] for p in pts])
+        ax2.errorbar(
+            tx,
+            ys,
+            yerr=[ys - lo, hi - ys],
+            fmt=marker + ("-" if key == "tau_student" else "--"),
+            color="black" if key == "tau_student" else "dimgray",
+            mfc="white",
+            capsize=3,
+            label=label,
+        )
+        for p, x_, y_ in zip(pts, tx, ys, strict=True):
+            if key == "tau_student":
+                ax2.annotate(
+                    f"α={p['alpha']:g}",
+                    (x_, y_),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+    lim = [min(tx.min(), 0), tx.max() * 1.05 if tx.max() > 0 else 1]
+    ax2.plot(lim, lim, ":", color="gray", lw=1, label="student = teacher")
+    ax2.axhline(pts[0]["tau_base"]["value"], color="gray", lw=1, ls="-.", label="base M0")
+    ax2.set_xlabel(f"teacher trait score τT ({results['trait']}, logprob)")
+    ax2.set_ylabel("trait score after distillation")
+    d = results["threshold"]["student_minus_control"]
+    ax2.set_title(
+        "Student tracks the teacher above the control"
+        if d["transfer_detectable"]
+        else "Student does not separate from the control",
+        fontsize=10,
+    )
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"{results['model']}: transfer vs steering strength", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out / "transfer_ratio.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return ["transfer_ratio.png"]
+
+
+def render_report(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    rc = cfg["run_config"]
+    thr = results["threshold"]
+    lines = [
+        f"# Transfer ratio vs steering strength — {results['trait']} on {results['model']}",
+        "",
+        f"Steered teachers (vector `{cfg['vector']}`, layers {cfg['layers'] or 'of the vector'}) "
+        f"at alphas {', '.join(f'{a:g}' for a in cfg['alphas'])}; seeds {cfg['seeds']}; preset "
+        f"`{cfg['preset']}`: {rc['data']['n']} {rc['data']['domain']} rows, "
+        f"{rc['train']['objective']} / {rc['train']['optimizer']} lr {rc['train']['lr']}, "
+        f"{rc['train']['max_steps'] or str(rc['train']['epochs']) + ' epoch(s)'} steps. Trait "
+        f"score: logprob over {results['n_questions']} questions. CIs: {results['ci']}.",
+        "",
+        "## Verdict",
+        "",
+        f"- Transfer ratio vs alpha: **{thr['transfer_ratio']['verdict']}**. "
+        f"{thr['transfer_ratio']['sentence']}",
+        f"- Student − control vs alpha: **{thr['student_minus_control']['verdict']}**. "
+        f"{thr['student_minus_control']['sentence']}",
+        "",
+        "## Per strength",
+        "",
+        "| alpha | τ teacher | τ student | τ control | transfer ratio | ratio beyond control "
+        "| τS − τC | teacher gain resolved | teacher neg / off-topic |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in results["points"]:
+        off = p["teacher_offtarget"]
+        lines.append(
+            f"| {p['alpha']:g} | {fmt_ci(p['tau_teacher'])} | {fmt_ci(p['tau_student'])} | "
+            f"{fmt_ci(p['tau_control'])} | {fmt_ci(p['transfer_ratio'])} | "
+            f"{fmt_ci(p['transfer_ratio_vs_control'])} | {fmt_ci(p['student_minus_control'])} | "
+            f"{'yes' if p['teacher_gain_resolved'] else 'no'} | "
+            f"{fmt(off['negative'])} / {fmt(off['offtopic'])} |"
+        )
+    lines += ["", "## Curve fits", ""]
+    for t in thr.values():
+        f = t["fit"]
+        lines.append(f"### {t['what']} vs alpha ({f.get('n_points', 0)} points)")
+        lines.append("")
+        if not f.get("fits"):
+            lines += ["Too few points to fit.", ""]
+            continue
+        lines += ["| model | params | chi² | AIC | BIC |", "|---|---|---|---|---|"]
+        for m, fm in f["fits"].items():
+            ps = ", ".join(f"{k} {fmt(v)}" for k, v in fm["params"].items())
+            lines.append(
+                f"| {m}{' (preferred)' if m == f['preferred'] else ''} | {ps} | "
+                f"{fm['chi2']:.2f} | {fm['aic']:.2f} | {fm['bic']:.2f} |"
+            )
+        b = t["bootstrap"]
+        lines += [
+            "",
+            f"Bootstrap refits ({b['n_refits']}): sharp {b['share_sharp']:.0%}, continuous "
+            f"{b['share_continuous']:.0%}, flat {b['share_flat']:.0%}; logistic midpoint 95% "
+            f"interval {fmt(b['mid_ci'][0])}–{fmt(b['mid_ci'][1])}, 10–90% width "
+            f"{fmt(b['width_ci'][0])}–{fmt(b['width_ci'][1])}.",
+            "",
+        ]
+    lines += [
+        "How to read it: a *sharp threshold* means a logistic beats both a line and a constant "
+        "by ΔAIC ≥ 2 (weights from the bootstrap errors) and rises within one spacing of the "
+        "sampled strengths; *continuous* means it does not; *no transfer detectable* means no "
+        "strength's interval lies above zero. Alpha 0 is the base itself, so its ratio is "
+        "undefined; ratios are fitted only where the teacher's gain is resolved. A teacher "
+        "whose off-target scores rise with alpha is puppeting rather than carrying the trait.",
+        "",
+        "## Figures",
+        "",
+        *[f"![{f}]({f})" for f in results.get("figures", [])],
+        "",
+        "Left: transfer ratio per strength with 95% CIs and the preferred fit. Right: student "
+        "and control trait scores against the teacher's, one point per strength; the dotted "
+        "diagonal is full transfer.",
+        "",
+        f"Timings: {json.dumps(results.get('timings', {}))}",
+    ]
+    return "\n".join(lines) + "\n"
