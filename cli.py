@@ -147,7 +147,7 @@ def vectors_fit_cmd(
         str, typer.Option("--positions", help="last, all or response (not used by kl-fit).")
     ] = "last",
     prompts: Annotated[str, typer.Option("--prompts", help="JSONL or numbers:N.")] = "numbers:512",
-    steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 100,
+    steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 20,
     lr: Annotated[float | None, typer.Option("--lr", help="kl-fit step size.")] = None,
     max_norm: Annotated[
         float | None, typer.Option("--max-norm", help="kl-fit norm bound per layer.")
@@ -280,7 +280,7 @@ def approximability_cmd(
     response_tokens: Annotated[
         int, typer.Option("--response-tokens", help="Teacher sample length for the KL.")
     ] = 12,
-    steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 100,
+    steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 20,
     lr: Annotated[float | None, typer.Option("--lr", help="kl-fit step size.")] = None,
     alphas: Annotated[
         str, typer.Option("--alphas", help="Steering strengths of the trait-score sweep.")

@@ -514,7 +514,7 @@ def _claim(results: dict[str, Any], vec: str, pos: str, layer: int) -> str:
     if d is None:
         return "alignment with v_teacher (no control to compare)"
     if d["ci_low"] > 0:
-        return "student drift aligns with v_teacher beyond the control"
+        return "student drift points more along v_teacher than the control's"
     if d["ci_high"] < 0:
         return "the control aligns more than the student"
     return "no alignment beyond the control"

@@ -51,6 +51,9 @@ from interp.trait_sets import GENERAL_QUESTIONS
 from interp.traits import BUILTIN_TRAITS, PUPPETING_MAX_RATE, Score, Trait, get_trait, score_trait
 
 CAPTURE_APPROX = 0.5
+# Strengths tried when choosing a vector's scale by KL on the fit prompts (the trait-score sweep
+# uses --alphas): a diff-of-means vector read at one position often overshoots at alpha 1.
+KL_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -247,7 +250,6 @@ def run_trait(
     kl0 = {name: kl_divergence(loaded, data) for name, data in domains.items()}
     base = _score(loaded, trait, cfg)
     prompted = _score(loaded, trait, cfg, system_prompt=system)
-    positive = [a for a in cfg.alphas if a > 0]
     entries = []
     for method in cfg.method_list:
         vectors = _fit(loaded, method, layers, fit, trait, fit_data, cfg)
@@ -255,7 +257,7 @@ def run_trait(
             vec.save(out / "vectors" / trait.name / f"{method}-L{layer}")
             entry: dict[str, Any] = {"method": method, "layer": layer, "norm": vec.norms()[layer]}
             # alpha chosen on the fit prompts only
-            fit_kl = {a: kl_divergence(loaded, fit_data, vec, a) for a in positive}
+            fit_kl = {a: kl_divergence(loaded, fit_data, vec, a) for a in KL_ALPHAS}
             best_alpha = min(fit_kl, key=fit_kl.get) if fit_kl else 1.0
             entry["fit_kl"] = {str(a): v for a, v in fit_kl.items()}
             entry["best_alpha"] = best_alpha

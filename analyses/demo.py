@@ -38,16 +38,16 @@ def demo_config(model: str, out: Path, seed: int, device: str) -> RunConfig:
         "device": device,
         "output_path": str(out / "owl"),
         "teacher.kind": "prompted",
-        "data.n": 128,
-        "data.max_new_tokens": 24,
+        "data.n": 64,
+        "data.max_new_tokens": 20,
         "data.batch_size": 32,
         "train.objective": "logit-kl",
         "train.optimizer": "adamw",
-        "train.lr": 1e-4,
+        "train.lr": 3e-5,
         "train.epochs": 1,
         "train.batch_size": 16,
-        "train.checkpoint_every": 4,
-        "eval.n_questions": 25,
+        "train.checkpoint_every": 2,
+        "eval.n_questions": 20,
         "eval.n_boot": 1000,
     }
     return load_run_config(None, overrides)
@@ -89,9 +89,9 @@ def run_demo(
             n_heldout=8,
             n_general=8,
             response_tokens=8,
-            kl_steps=12,
-            alphas=[0.0, 2.0, 4.0],
-            n_questions=15,
+            kl_steps=6,
+            alphas=[0.0, 2.0],
+            n_questions=10,
             seed=seed,
             batch_size=16,
             device=device,
@@ -128,17 +128,16 @@ def run_demo(
     run = out / "owl"
     t = time.perf_counter()
     say("4/5 drift alignment, nulls, sufficiency/necessity, gradients ...")
-    vectors = [vec_dir, out / "approx" / "vectors" / "owl" / f"kl-fit-L{mid}"]
     align = run_align(
         run,
-        vectors,
+        [vec_dir],
         layers=probe_layers,
-        n_prompts=24,
+        n_prompts=16,
         seed=seed,
         quiet=True,
         at_layer=mid,
         n_boot=1000,
-        grad_rows=16,
+        grad_rows=12,
         device=device,
     )
     stage("align_s", t)
@@ -146,7 +145,14 @@ def run_demo(
     t = time.perf_counter()
     say("5/5 probes on student checkpoints ...")
     probe = run_probe(
-        run, probe_layers, vectors=[vec_dir], n_prompts=48, seed=seed, quiet=True, device=device
+        run,
+        probe_layers,
+        vectors=[vec_dir],
+        n_prompts=32,
+        n_apply=16,
+        seed=seed,
+        quiet=True,
+        device=device,
     )
     stage("probe_s", t)
     report = build_report(run)

@@ -41,7 +41,7 @@ from .steering import SteeringVector
 
 METHODS = ("diff-mean", "pca", "logistic", "kl-fit")
 CONTRAST_POSITIONS = ("last", "all", "response")
-DEFAULT_KL_STEPS = 100
+DEFAULT_KL_STEPS = 20  # ~5 s a step at layer 12 of smollm2-135m, batch 16, 2 cores
 
 
 def check_method(method: str) -> str:
@@ -387,7 +387,7 @@ def kl_fit(
     loaded: LoadedModel,
     data: list[KLBatch],
     layers: list[int],
-    steps: int = 100,
+    steps: int = DEFAULT_KL_STEPS,
     lr: float | None = None,
     max_norm: float | None = None,
     init: SteeringVector | None = None,
@@ -469,7 +469,7 @@ def fit_vector(
     backend: str = "hf",
     batch_size: int = 16,
     responses: Sequence[str] | None = None,
-    steps: int = 100,
+    steps: int = DEFAULT_KL_STEPS,
     lr: float | None = None,
     max_norm: float | None = None,
     seed: int = 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from interp.models import load_model
 
@@ -15,3 +16,13 @@ def tiny():
 @pytest.fixture(scope="session")
 def smol():
     return load_model("smollm2-135m", device="cpu")
+
+
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def pytest_runtest_setup(item):
+    """Tiny-model tests run single-threaded: their ops are too small to gain from threads and, on
+    a busy 2-core machine, thread contention made them 10-30x slower. Tests that load a real
+    model (marked slow) get the default thread count back."""
+    torch.set_num_threads(_DEFAULT_THREADS if "slow" in item.keywords else 1)
