@@ -1,6 +1,7 @@
 """The demo: the whole sublens study on one model with a quick preset.
 
-1. approximability of a few trait prompts (owl, french) by vectors at one middle layer;
+1. approximability of a few trait prompts (owl, french) by diff-of-means vectors at one middle
+   layer (kl-fit is left to `sublens approximability`: it doubles this stage's cost);
 2. owl steering vectors (diff-of-means, every probed layer) for the alignment layer profile;
 3. one owl distillation (prompted teacher, constrained numbers, logit-KL) with its control;
 4. drift alignment of student and control checkpoints with the owl vectors, nulls,
@@ -47,7 +48,7 @@ def demo_config(model: str, out: Path, seed: int, device: str) -> RunConfig:
         "train.epochs": 1,
         "train.batch_size": 16,
         "train.checkpoint_every": 2,
-        "eval.n_questions": 20,
+        "eval.n_questions": 12,
         "eval.n_boot": 1000,
     }
     return load_run_config(None, overrides)
@@ -84,7 +85,7 @@ def run_demo(
             model=model,
             trait_prompts="owl,french",
             layers=str(mid),
-            methods="diff-mean,kl-fit",
+            methods="diff-mean",
             n_fit=16,
             n_heldout=8,
             n_general=8,
@@ -132,12 +133,12 @@ def run_demo(
         run,
         [vec_dir],
         layers=probe_layers,
-        n_prompts=16,
+        n_prompts=12,
         seed=seed,
         quiet=True,
         at_layer=mid,
         n_boot=1000,
-        grad_rows=12,
+        grad_rows=8,
         device=device,
     )
     stage("align_s", t)
@@ -149,7 +150,7 @@ def run_demo(
         probe_layers,
         vectors=[vec_dir],
         n_prompts=32,
-        n_apply=16,
+        n_apply=12,
         seed=seed,
         quiet=True,
         device=device,
