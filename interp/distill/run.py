@@ -25,8 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import SublensError
 from ..io import config_hash, git_commit, package_versions, read_json, write_json
 from ..models import LoadedModel, load_model
@@ -434,6 +432,3 @@ def summarise(
         "n_questions": len(base),
     }
 
-
-def results_mean(score: dict[str, Any]) -> float:
-    return float(np.mean(score["per_question"]))
