@@ -431,4 +431,3 @@ def summarise(
         "train": train_summary,
         "n_questions": len(base),
     }
-
