@@ -52,6 +52,7 @@ from interp.alignment import (
     prompt_drift,
     random_cosine_bound,
     random_cosine_null,
+    resample_weights,
 )
 from interp.caching import ActivationCache, cache_activations, load_cache
 from interp.errors import SublensError
@@ -67,7 +68,7 @@ from interp.io import (
 from interp.layers import parse_layers
 from interp.models import LoadedModel, load_model
 from interp.prompts import PromptSet, load_prompts
-from interp.stats import paired_bootstrap, resample_indices
+from interp.stats import paired_bootstrap
 from interp.steering import SteeringVector
 
 HELDOUT_SEED_OFFSET = 10_000  # align/probe-curve prompts: numbers seed 10_000 + seed
@@ -349,15 +350,6 @@ def _pct(x: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def boot_weights(weights: torch.Tensor, n_boot: int, seed: int) -> np.ndarray:
-    """[n_boot, n]: draws per prompt × its weight (`interp.stats.resample_indices` draws)."""
-    n = weights.numel()
-    idx = resample_indices(n, n_boot, seed)
-    flat = (idx + n * np.arange(n_boot)[:, None]).ravel()
-    counts = np.bincount(flat, minlength=n * n_boot).reshape(n_boot, n).astype(np.float64)
-    return counts * weights.numpy()[None, :]
-
-
 def drift_alignment(
     pd: PromptDrift, v: torch.Tensor, layer: int, n_boot: int, seed: int, level: float = LEVEL
 ) -> tuple[AlignmentCI, np.ndarray]:
@@ -380,7 +372,7 @@ def drift_alignment(
     signal2 = max(dn**2 - noise**2, proj**2)
     corrected = proj / math.sqrt(signal2) if signal2 > 0 else float("nan")
     if pd.n_prompts > 1:
-        bw = boot_weights(w, n_boot, seed)
+        bw = resample_weights(w, n_boot, seed)
         means = (bw @ diffs) / bw.sum(axis=1, keepdims=True)
         projs = means @ unit
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -353,7 +353,7 @@ class AlignmentCI:
         return asdict(self)
 
 
-def _resample_weights(weights: torch.Tensor, n_boot: int, seed: int) -> np.ndarray:
+def resample_weights(weights: torch.Tensor, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, n]: how often each prompt is drawn in each resample, times its weight.
 
     Uses `interp.stats.resample_indices`, so a seed draws the same prompts as `paired_bootstrap`.
@@ -389,7 +389,7 @@ def bootstrap_alignment(
     shared = _shared_layers(dict.fromkeys(pd.layers), vecs)
     w = pd.weights
     point = pd.mean()
-    boot_w = _resample_weights(w, n_boot, seed) if pd.n_prompts > 1 else None
+    boot_w = resample_weights(w, n_boot, seed) if pd.n_prompts > 1 else None
     out = {}
     for layer in shared:
         v = vecs[layer]
