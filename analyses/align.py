@@ -763,15 +763,25 @@ def render_section(results: dict[str, Any], figure_prefix: str = "", level: int 
         "| quantity | value [95% CI] | what it would mean |",
         "|---|---|---|",
     ]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in headline_rows(results)]
+    lines += section_tail(
+        results,
+        headline_rows(results),
+        figure_prefix,
+        "Curves: student (solid, filled circles, shaded CI) and control (dashed, open squares, "
+        "hatched CI); dotted lines: the 95% bound of a random direction's cosine.",
+    )
+    return "\n".join(lines) + "\n"
+
+
+def section_tail(
+    results: dict[str, Any], rows: list[tuple[str, str, str]], figure_prefix: str, legend: str
+) -> list[str]:
+    """Headline table rows, what was skipped, the figures and how to read them (align, probe)."""
+    lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]
     if results.get("missing"):
         lines += ["", "Missing or skipped:", ""] + [f"- {m}" for m in results["missing"]]
     lines += ["", *[f"![{f}]({figure_prefix}{f})" for f in results.get("figures", [])], ""]
-    lines.append(
-        "Curves: student (solid, filled circles, shaded CI) and control (dashed, open squares, "
-        "hatched CI); dotted lines: the 95% bound of a random direction's cosine."
-    )
-    return "\n".join(lines) + "\n"
+    return [*lines, legend]
 
 
 # --- the analysis ----------------------------------------------------------------------------

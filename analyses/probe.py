@@ -37,6 +37,7 @@ from analyses.align import (
     missing_lines,
     register,
     require_checkpoints,
+    section_tail,
 )
 from interp.errors import SublensError
 from interp.io import git_commit, package_versions, write_json, write_text
@@ -319,12 +320,11 @@ def render_section(results: dict[str, Any], figure_prefix: str = "", level: int 
         "| quantity | value [95% CI] | what it would mean |",
         "|---|---|---|",
     ]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in headline_rows(results)]
-    if results.get("missing"):
-        lines += ["", "Missing or skipped:", ""] + [f"- {m}" for m in results["missing"]]
-    lines += ["", *[f"![{f}]({figure_prefix}{f})" for f in results.get("figures", [])], ""]
-    lines.append(
+    lines += section_tail(
+        results,
+        headline_rows(results),
+        figure_prefix,
         "Student: solid line, filled circles, shaded CI; control: dashed, open squares, hatched "
-        "CI; dash-dot: the prompted base; dotted: the unprompted base (false positives)."
+        "CI; dash-dot: the prompted base; dotted: the unprompted base (false positives).",
     )
     return "\n".join(lines) + "\n"
