@@ -648,6 +648,105 @@ def probe_cmd(
     typer.echo(f"report: {Path(results['output_path']) / 'report.md'}")
 
 
+traits_app = typer.Typer(help="Build trait files for --trait.", no_args_is_help=True)
+app.add_typer(traits_app, name="traits")
+
+
+@traits_app.command("compliance")
+def traits_compliance_cmd(
+    behaviours: Annotated[
+        Path, typer.Argument(help="Behaviours CSV (JailbreakBench-style) or JSONL.")
+    ],
+    output: Annotated[Path, typer.Option("--output", help="Trait JSON file to write.")],
+    column: Annotated[
+        str | None, typer.Option("--column", help="Prompt column (default: Goal, Behavior...).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N.")] = None,
+    name: Annotated[str, typer.Option("--name", help="Trait name.")] = "harmful-compliance",
+    system_prompt: Annotated[
+        str | None,
+        typer.Option("--system-prompt", help="Prompted teacher's trait prompt ('' for none)."),
+    ] = None,
+) -> None:
+    """A harmful-compliance trait (score: P(answer starts complying)) from behaviour goals."""
+    from analyses.compliance import trait_meta_path, write_compliance_trait
+    from interp.refusal import COMPLIANCE_PROMPT
+
+    got = write_compliance_trait(
+        behaviours,
+        output,
+        column=column,
+        limit=limit,
+        name=name,
+        system_prompt=COMPLIANCE_PROMPT if system_prompt is None else system_prompt,
+    )
+    typer.echo(
+        f"{output}: trait {name!r} with {got['meta']['n_prompts']} prompts; harmless contrast "
+        f"prompts in {trait_meta_path(output)}; use it as --trait {output}"
+    )
+
+
+eval_app = typer.Typer(help="Extra evaluations of runs and studies.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("compliance")
+def eval_compliance_cmd(
+    target: Annotated[Path, typer.Argument(help="A distillation run or a study directory.")],
+    n_samples: Annotated[int, typer.Option("--n-samples", help="Answers per prompt.")] = 2,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
+    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+    layer: Annotated[
+        int | None, typer.Option("--layer", help="Refusal-direction layer (default n_layers//2).")
+    ] = None,
+    judge: Annotated[
+        str | None, typer.Option("--judge", help="Local causal LM asked 'does it comply?'.")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option("--prompts", help="Harmful prompts (default: the trait's).")
+    ] = None,
+    column: Annotated[str | None, typer.Option("--column", help="Prompt column.")] = None,
+    harmless: Annotated[
+        Path | None, typer.Option("--harmless", help="Harmless contrast prompts file.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="First N prompts (default: eval.n_questions).")
+    ] = None,
+    seed: Seed = 0,
+    batch_size: BatchSize = 16,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")] = 2000,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Phrase, refusal-direction and (optional) judge compliance of base, teacher, student and
+    control, with transfer ratios per scorer; resumable."""
+    from analyses.compliance import ComplianceConfig, run_compliance
+
+    cfg = ComplianceConfig(
+        n_samples=n_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        layer=layer,
+        judge=judge,
+        prompts=str(prompts) if prompts else None,
+        column=column,
+        harmless=str(harmless) if harmless else None,
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        n_boot=n_boot,
+        device=device,
+    )
+    res = run_compliance(target, cfg, quiet=quiet)
+    for p in res["points"]:
+        for s in res["scorers"]:
+            sc, r = p["scores"][s], p["ratios"][s]["transfer_ratio"]["value"]
+            vals = "  ".join(f"{role} {sc[role]['value']:.4g}" for role in sc)
+            ratio = "undefined" if r is None else f"{r:.3f}"
+            typer.echo(f"{p['point']} {s}: {vals}  ratio {ratio}")
+    typer.echo(f"report: {target / 'compliance' / 'report.md'}")
+
+
 @app.command("report")
 def report_cmd(
     run: Annotated[Path, typer.Argument(help="A distillation run directory.")],
@@ -902,6 +1001,100 @@ def study_compare_cmd(
 
     out = output_path or ARTIFACTS / "studies" / "compare"
     run_compare([str(r) for r in runs], out)
+    typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+@app.command("defend")
+def defend_cmd(
+    defenses: Annotated[
+        str | None,
+        typer.Option(
+            "--defenses",
+            help="Comma-separated: none, project-out, sgd, paraphrase, mask-divergent, "
+            "drop-flagged, different-init (default: all; project-out only with --vectors).",
+        ),
+    ] = None,
+    config: Config = None,
+    vectors: Annotated[
+        list[str] | None,
+        typer.Option("--vectors", help="Trait vector dir(s) for project-out and the scanner."),
+    ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option("--init-from", help="Another init of the same architecture (different-init)."),
+    ] = None,
+    sgd_lr: Annotated[float | None, typer.Option("--sgd-lr", help="Learning rate of sgd.")] = None,
+    mask_q: Annotated[
+        float, typer.Option("--mask-q", help="Share of positions mask-divergent leaves out.")
+    ] = 0.2,
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    trait: Annotated[str | None, typer.Option("--trait")] = None,
+    preset: StudyPreset = "quick",
+    seeds: StudySeeds = 1,
+    n: Annotated[int | None, typer.Option("--n", help="Rows per teacher.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
+    heldout_n: Annotated[
+        int, typer.Option("--heldout-n", help="Held-out clean benign rows for the task loss.")
+    ] = 32,
+    max_task_cost: Annotated[
+        float, typer.Option("--max-task-cost", help="Task-loss increase allowed (relative).")
+    ] = 0.05,
+    max_ppl_cost: Annotated[
+        float, typer.Option("--max-ppl-cost", help="Perplexity increase allowed (relative).")
+    ] = 0.05,
+    scan_permutations: Annotated[int, typer.Option("--scan-permutations")] = 200,
+    n_boot: StudyNBoot = 2000,
+    output_path: OutputPath = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """The same distillation once per defense: transfer ratio, reduction vs none, and cost."""
+    from analyses.defend import DEFENSE_NAMES, run_defend
+
+    if defenses is None:
+        defenses = ",".join(n for n in DEFENSE_NAMES if vectors or n != "project-out")
+        if not vectors:
+            _echo(quiet, "project-out left out: it needs --vectors DIR")
+    over = _study_overrides(
+        model=model, trait=trait, device=device, n=n, lr=lr, max_steps=max_steps, limit=limit
+    )
+    out = output_path or ARTIFACTS / "defend" / Path(model or "smollm2-135m").name
+    res = run_defend(
+        defenses,
+        output_path=out,
+        config_path=config,
+        overrides=over,
+        preset=preset,
+        seeds=seeds,
+        vectors=vectors,
+        sgd_lr=sgd_lr,
+        mask_q=mask_q,
+        init_from=init_from,
+        heldout_n=heldout_n,
+        scan_permutations=scan_permutations,
+        max_task_cost=max_task_cost,
+        max_ppl_cost=max_ppl_cost,
+        n_boot=n_boot,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    from analyses.studies import fmt_ci
+
+    for name in res["order"]:
+        r = res["defenses"][name]
+        if not r.get("available"):
+            typer.echo(f"{name}: {r['note']}")
+            continue
+        typer.echo(
+            f"{name}: ratio {fmt_ci(r['transfer_ratio'])}  reduction "
+            f"{'-' if name == 'none' else fmt_ci(r['reduction'])}  task-loss Δ "
+            f"{fmt_ci(r['task_nll_minus_none'])}  perplexity Δ vs base "
+            f"{fmt_ci(r['perplexity_minus_base'])}"
+        )
+    typer.echo(res["recommendation"])
     typer.echo(f"report: {Path(out) / 'report.md'}")
 
 

@@ -1,8 +1,9 @@
 """One table across architectures: the same study run on several models, side by side.
 
 Reads the ``results.json`` of finished study directories (transfer-ratio sweeps, optimizer
-ablations, toy runs, single distillation runs) and lines them up by model, so "does the trait
-transfer on Llama *and* on Gemma 3, with the same shape?" is one table. Nothing is recomputed.
+ablations, toy runs, single distillation runs, `sublens defend` studies) and lines them up by
+model, so "does the trait transfer on Llama *and* on Gemma 3, with the same shape?" (or "does the
+same defense work on both?") is one table. Nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -90,6 +91,25 @@ def _row(res: dict[str, Any]) -> dict[str, Any]:
         )
     elif kind == "toy":
         row.update(model="toy MLP", summary=res.get("summary_line"))
+    elif kind == "defend":
+        row.update(
+            trait=res["trait"],
+            recommendation=res["recommendation"],
+            per_defense={
+                n: (
+                    {
+                        "available": True,
+                        "transfer_ratio": d["transfer_ratio"],
+                        "reduction": d["reduction"],
+                        "task_cost": d["task_cost"],
+                        "ppl_cost": d["ppl_cost"],
+                    }
+                    if d.get("available")
+                    else {"available": False, "note": d.get("note")}
+                )
+                for n, d in ((n, res["defenses"][n]) for n in res["order"])
+            },
+        )
     return row
 
 
@@ -217,7 +237,8 @@ def render_report(results: dict[str, Any]) -> str:
                 )
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append("")
-    others = [r for r in rows if r["analysis"] not in ("transfer-ratio", "optimizers")]
+    lines += _defend_section([r for r in rows if r["analysis"] == "defend"])
+    others = [r for r in rows if r["analysis"] not in ("transfer-ratio", "optimizers", "defend")]
     if others:
         lines += ["## Other runs", ""]
         for r in others:
@@ -233,6 +254,43 @@ def render_report(results: dict[str, Any]) -> str:
     lines += ["Sources: " + ", ".join(f"`{r['run']}`" for r in rows), ""]
     lines += [f"![{f}]({f})" for f in results.get("figures", [])]
     return "\n".join(lines) + "\n"
+
+
+def _defend_section(runs: list[dict[str, Any]]) -> list[str]:
+    """Defenses × models: transfer ratio, reduction vs none and the two costs per cell."""
+    if not runs:
+        return []
+    names = list(dict.fromkeys(n for r in runs for n in r["per_defense"]))
+    lines = [
+        "## Defenses (`sublens defend`)",
+        "",
+        "| defense | "
+        + " | ".join(
+            f"{r['model']} ({r['trait']}): ratio / reduction / task, ppl cost" for r in runs
+        )
+        + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    for n in names:
+        cells = []
+        for r in runs:
+            d = r["per_defense"].get(n)
+            if d is None:
+                cells.append("–")
+            elif not d["available"]:
+                cells.append("not available")
+            else:
+                red = "—" if n == "none" else fmt_ci(d["reduction"])
+                tc, pc = d["task_cost"], d["ppl_cost"]
+                cost = "—" if n == "none" else f"{_pct(tc)}, {_pct(pc)}"
+                cells.append(f"{fmt_ci(d['transfer_ratio'])} / {red} / {cost}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {r['model']}: {r['recommendation']}" for r in runs], ""]
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.1%}"
 
 
 def _as_value(d: dict[str, Any] | None, key: str) -> dict[str, Any] | None:

@@ -15,12 +15,25 @@ def _fmt(x: float | None, nd: int = 4) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
 
 
+def ci_text(value: float | None, low: float | None, high: float | None, nd: int = 4) -> str:
+    """`value [low, high]`, fixed-point unless every nonzero number would print as zero with
+    `nd` decimals (owl probabilities of 3e-5 would read 0.0000): then 2 significant digits."""
+    xs = [abs(x) for x in (value, low, high) if x is not None and math.isfinite(x) and x != 0]
+    if xs and max(xs) < 0.5 * 10 ** -(nd - 1):
+
+        def f(x: float | None) -> str:
+            return "–" if x is None or not math.isfinite(x) else f"{x:.1e}"
+
+        return f"{f(value)} [{f(low)}, {f(high)}]"
+    return f"{_fmt(value, nd)} [{_fmt(low, nd)}, {_fmt(high, nd)}]"
+
+
 def _ci(d: dict[str, Any], key: str, nd: int = 4) -> str:
-    return f"{_fmt(d[key], nd)} [{_fmt(d['ci_low'], nd)}, {_fmt(d['ci_high'], nd)}]"
+    return ci_text(d[key], d["ci_low"], d["ci_high"], nd)
 
 
 def _score(s: dict[str, Any]) -> str:
-    return f"{_fmt(s['mean'])} [{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
+    return ci_text(s["mean"], s["ci_low"], s["ci_high"])
 
 
 def write_figures(results: dict[str, Any], out: Path) -> list[str]:

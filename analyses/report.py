@@ -1,10 +1,11 @@
 """`sublens report RUN`: one report.md for a distillation run and its mechanism analyses.
 
 Assembles, from whatever exists: the distillation's own report (`analyses.distill`: trait
-scores, transfer ratio, its figure), the alignment analysis (`analyses.align`) and the probes
+scores, transfer ratio, its figure), the alignment analysis (`analyses.align`), the probes
 (`analyses.probe`), found under RUN/align and RUN/probe or wherever RUN/analyses.json says they
-were written. A headline table comes first; every part that is missing is named with the
-command that makes it, so a partial run still gets a report. Writes RUN/report.md (replacing
+were written, and the harmful-compliance evaluation (`analyses.compliance`, RUN/compliance).
+A headline table comes first; every part that is missing is named with the command that makes
+it, so a partial run still gets a report. Writes RUN/report.md (replacing
 the distillation-only report that `sublens distill run` writes).
 """
 
@@ -72,6 +73,35 @@ def _pick(rows: list[tuple[str, str, str]], *needles: str) -> list[tuple[str, st
     return [r for r in rows if any(n in r[0] for n in needles)]
 
 
+def _is_compliance_trait(trait: Any) -> bool:
+    """Whether the run's trait is a harmful-compliance trait (then its evaluation is expected)."""
+    from interp.errors import SublensError
+    from interp.traits import get_trait
+
+    try:
+        return get_trait(str(trait)).category == "harmful-compliance"
+    except SublensError:
+        return False
+
+
+def _compliance_rows(path: Path) -> list[tuple[str, str, str]]:
+    """Headline rows of `sublens eval compliance`: the student's transfer ratio per scorer."""
+    from analyses.studies import fmt_ci
+
+    if not path.is_file():
+        return []
+    res = read_json(path)
+    point = res["points"][0]
+    return [
+        (
+            f"compliance transfer ratio ({scorer})",
+            fmt_ci(point["ratios"][scorer]["transfer_ratio"]),
+            "harmful compliance the student took from the teacher, by this scorer",
+        )
+        for scorer in res["scorers"]
+    ]
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write RUN/report.md from every analysis present; say what is missing. Returns its path."""
     info = load_run(run_dir)
@@ -122,6 +152,27 @@ def build_report(run_dir: str | Path) -> Path:
         missing += [f"probe: {m}" for m in res.get("missing", []) if m not in missing]
     else:
         missing.append(f"probes: run `sublens probe --run {run} --layers 6,12,18`")
+
+    compliance = run / "compliance" / "report.md"
+    if compliance.is_file():
+        sections.append(_demote(compliance.read_text()))
+        headline += _compliance_rows(run / "compliance" / "results.json")
+    elif _is_compliance_trait(info.config.get("trait")):
+        missing.append(f"harmful compliance: run `sublens eval compliance {run}`")
+
+    from analyses.defend import find_defend
+
+    defend_dir = find_defend(run)  # `sublens defend ... --output-path RUN/defend`
+    if defend_dir is not None:
+        from analyses import defend
+
+        res = read_json(defend_dir / "results.json")
+        sections.append(_demote(defend.render_report(res, _prefix(run, defend_dir))))
+        headline.append(
+            ("defenses", res["recommendation"], "from `sublens defend`: reduction and cost")
+        )
+    else:
+        missing.append(f"defenses: run `sublens defend --config CONFIG --output-path {run}/defend`")
 
     cfg = info.config
     lines = [

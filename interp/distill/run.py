@@ -10,7 +10,8 @@ Layout::
 
     RUN/config.json            resolved config (and its hash)
     RUN/data/{teacher,control}.raw.jsonl, .jsonl, .rejects.jsonl, .filter.json
-    RUN/targets/{teacher,control}/   teacher log-probs (logit-kl only)
+    RUN/data/{teacher,control}.defended.jsonl, .defense.json   (data defenses only)
+    RUN/targets/{teacher,control}[.defended]/   teacher log-probs (logit-kl / mask_divergent)
     RUN/student/, RUN/control/       checkpoints, curves.jsonl
     RUN/eval/scores.json             trait scores per model and checkpoint
     RUN/results.json                 transfer ratio with CI, everything above summarised
@@ -26,17 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SublensError
-from ..io import config_hash, git_commit, package_versions, read_json, write_json
+from ..io import config_hash, git_commit, package_versions, read_json, sha256_file, write_json
 from ..models import LoadedModel, load_model
 from ..stats import paired_bootstrap
 from ..steering import SteeringVector
 from ..traits import Score, Trait, get_trait, score_trait
+from .defenses import defend_dataset
 from .domains import get_domain
 from .filters import filter_dataset
 from .generate import generate_dataset
 from .targets import write_teacher_targets
 from .teachers import Teacher
-from .train import TrainConfig, list_checkpoints, load_student, train_student
+from .train import TrainConfig, hash_view, list_checkpoints, load_student, train_student
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,6 +71,10 @@ class DataSpec:
     codes: list[str] = field(default_factory=list)
     dedup: bool = True
     top_k: int = 32  # logit-kl targets when the domain is not constrained
+    # data defenses (interp.distill.defenses), applied to the filtered rows before training
+    paraphrase: bool = False  # rewrite responses canonically (teacher and control data); SFT only
+    drop_flagged: str | None = None  # a scanner's rows.jsonl for the teacher's filtered data
+    drop_fallback_top: float = 0.1  # share dropped by score when the scanner flagged no row
 
 
 @dataclass
@@ -124,7 +130,40 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
             value = {**value, "lora_targets": tuple(value["lora_targets"])}
         sections[name] = _build(cls, value, f"{where} [{name}]")
     cfg = _build(RunConfig, {**top, **sections}, where)
+    if cfg.data.paraphrase and cfg.train.objective == "logit-kl":
+        raise SublensError(
+            f"{where}: data.paraphrase with train.objective logit-kl would put the teacher back "
+            'through its soft targets on the paraphrased tokens: set train.objective = "sft"'
+        )
+    if not 0 < cfg.data.drop_fallback_top < 1:
+        raise SublensError(
+            f"{where}: data.drop_fallback_top {cfg.data.drop_fallback_top} must be in (0, 1)"
+        )
     return cfg
+
+
+# Data-defense options at these values change nothing; they are left out of the run hash then,
+# so runs made before the options existed keep their hashes (and resume).
+DATA_DEFENSE_DEFAULTS: dict[str, Any] = {
+    "paraphrase": False,
+    "drop_flagged": None,
+    "drop_fallback_top": 0.1,
+}
+
+
+def run_hash(resolved: dict[str, Any]) -> str:
+    """The hash of a resolved run config (`RunConfig.to_dict()`): output path, device and
+    defense options at their defaults left out."""
+    view = {k: v for k, v in resolved.items() if k not in ("output_path", "device")}
+    if isinstance(view.get("train"), dict):
+        view["train"] = hash_view(view["train"])
+    if isinstance(view.get("data"), dict):
+        view["data"] = {
+            k: v
+            for k, v in view["data"].items()
+            if k not in DATA_DEFENSE_DEFAULTS or v != DATA_DEFENSE_DEFAULTS[k]
+        }
+    return config_hash(view)
 
 
 def set_override(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -225,7 +264,7 @@ def run_distillation(
     out = Path(cfg.output_path or f"artifacts/distill/{cfg.trait}-{cfg.teacher.kind}")
     resolved = cfg.to_dict()
     resolved["output_path"] = str(out)
-    digest = config_hash({k: v for k, v in resolved.items() if k not in ("output_path", "device")})
+    digest = run_hash(resolved)
     cfg_file = out / "config.json"
     if cfg_file.is_file() and not overwrite:
         if read_json(cfg_file).get("hash") != digest:
@@ -284,17 +323,41 @@ def run_distillation(
         timings[f"generate_{name}_s"] = round(time.perf_counter() - t0, 1)
         say(f"[{name}] kept {report.get('kept')} of {report.get('total', d.n)} rows")
 
+    # Data defenses: the rows a student trains on (the filtered file itself when none is on).
+    train_rows = {name: data_dir / f"{name}.jsonl" for name in ("teacher", "control")}
+    defended: dict[str, Any] = {}
+    for name in ("teacher", "control"):
+        flags = d.drop_flagged if name == "teacher" else None  # the scanner looks at the teacher
+        if not (d.paraphrase or flags):
+            continue
+        dst = data_dir / f"{name}.defended.jsonl"
+        defended[name] = defend_dataset(
+            train_rows[name],
+            dst,
+            domain,
+            paraphrase=d.paraphrase,
+            flags=flags,
+            fallback_top=d.drop_fallback_top,
+        )
+        write_json(data_dir / f"{name}.defense.json", defended[name])
+        train_rows[name] = dst
+        say(f"[{name}] data defenses: {defended[name]['rows']} rows to train on")
+
     targets = {"teacher": None, "control": None}
-    if cfg.train.objective == "logit-kl":
+    if cfg.train.objective == "logit-kl" or cfg.train.mask_divergent:
         allowed = domain.allowed_token_ids(loaded.tokenizer) if d.constrained else None
         for name, t in (("teacher", teacher), ("control", control_teacher)):
-            tdir = out / "targets" / name
+            plain = train_rows[name] == data_dir / f"{name}.jsonl"
+            tdir = out / "targets" / (name if plain else f"{name}.defended")
             t0 = time.perf_counter()
-            if not (tdir / "targets.json").is_file():
+            done = (tdir / "targets.json").is_file() and read_json(tdir / "targets.json").get(
+                "dataset_sha256"
+            ) == sha256_file(train_rows[name])
+            if not done:
                 say(f"[{name}] teacher log-probs for logit distillation ...")
                 write_teacher_targets(
                     t,
-                    data_dir / f"{name}.jsonl",
+                    train_rows[name],
                     tdir,
                     allowed_ids=allowed,
                     top_k=d.top_k,
@@ -312,7 +375,7 @@ def run_distillation(
         say(f"[{name}] training on {src} data ({cfg.train.objective}, {cfg.train.optimizer}) ...")
         train_summary[name] = train_student(
             loaded,
-            data_dir / f"{src}.jsonl",
+            train_rows[src],
             out / name,
             cfg.train,
             targets_dir=targets[src],
@@ -328,6 +391,8 @@ def run_distillation(
     scores = evaluate_run(loaded, trait, cfg, teacher, out)
     timings["eval_s"] = round(time.perf_counter() - t0, 1)
     results = summarise(cfg, trait, scores, filtered, train_summary, out)
+    if defended:
+        results["data_defenses"] = defended
     results["config"] = resolved
     results["model"] = loaded.describe()
     results["teacher"] = teacher.describe()

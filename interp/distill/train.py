@@ -14,6 +14,7 @@ weights and loss curve as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -38,6 +39,7 @@ from ..backends import make_batch
 from ..chat import ChatFormat, FormattedPrompt
 from ..errors import SublensError
 from ..io import (
+    atomic_path,
     config_hash,
     package_versions,
     read_json,
@@ -68,6 +70,12 @@ class TrainConfig:
     `max_steps`, when set, overrides `epochs`. `lora_rank=0` means full fine-tuning;
     `lora_targets=None` picks the architecture's attention and MLP projections.
     `checkpoint_every=0` saves only step 0 and the end.
+
+    Defenses (`interp.distill.defenses`): `project_out` lists steering-vector directories whose
+    directions are removed from the residual stream during training forwards; `mask_divergent`
+    is the share q of completion positions, those where the teacher's targets diverge most from
+    the base, left out of the loss (needs teacher targets, also with SFT); `init_from` starts the
+    student from another model of the same architecture and tokenizer instead of the base.
     """
 
     objective: str = "sft"
@@ -87,6 +95,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     precond_warmup_steps: int = 20
     dtype: str = "float32"
+    project_out: list[str] | None = None
+    mask_divergent: float = 0.0
+    init_from: str | None = None
 
     def validate(self) -> TrainConfig:
         """Raise a one-line SublensError for any value that cannot work; return self."""
@@ -135,6 +146,21 @@ class TrainConfig:
                 raise bad("LoRA targets are empty", "name linear modules, e.g. q_proj,v_proj")
         if self.checkpoint_every < 0:
             raise bad(f"checkpoint_every {self.checkpoint_every} is negative", "use 0 or more")
+        if self.project_out is not None:
+            if isinstance(self.project_out, (str, os.PathLike)):
+                self.project_out = [str(self.project_out)]
+            if not isinstance(self.project_out, (list, tuple)):
+                raise bad(
+                    f"project_out {self.project_out!r} is not a list", "give vector directories"
+                )
+            self.project_out = [str(v) for v in self.project_out if str(v).strip()] or None
+        if not (isinstance(self.mask_divergent, (int, float)) and 0 <= self.mask_divergent < 1):
+            raise bad(
+                f"mask_divergent {self.mask_divergent!r} is not a share in [0, 1)",
+                "pass e.g. 0.2 (0 turns the mask off)",
+            )
+        if self.init_from is not None and not str(self.init_from).strip():
+            self.init_from = None
         if self.precond_warmup_steps < 1:
             raise bad(
                 f"precond warm-up steps must be at least 1 (got {self.precond_warmup_steps})",
@@ -145,7 +171,20 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lora_targets"] = list(self.lora_targets) if self.lora_targets is not None else None
+        d["project_out"] = list(self.project_out) if self.project_out is not None else None
         return d
+
+
+# Defense options at these values leave the computation as it was before they existed: they are
+# left out of config hashes then, so runs made before them keep their hashes (and resume).
+DEFENSE_DEFAULTS: dict[str, Any] = {"project_out": None, "mask_divergent": 0.0, "init_from": None}
+
+
+def hash_view(train_dict: dict[str, Any]) -> dict[str, Any]:
+    """A TrainConfig dict without the defense options that are at their defaults."""
+    return {
+        k: v for k, v in train_dict.items() if k not in DEFENSE_DEFAULTS or v != DEFENSE_DEFAULTS[k]
+    }
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -159,6 +198,7 @@ class _Example:
     input_ids: list[int]
     positions: list[int]  # token index t of each completion token (predicted from t - 1)
     tokens: list[int]
+    keep: list[bool] | None = None  # mask-divergent: which completion positions enter the loss
 
 
 def _end_of_turn_ids(tokenizer: Any) -> set[int]:
@@ -352,9 +392,37 @@ def _lora_targets(model: nn.Module, config: TrainConfig) -> list[str]:
     return list(config.lora_targets)
 
 
+def init_model(base: LoadedModel, init_from: str | None) -> LoadedModel:
+    """The model a student starts from: the base, or `init_from` checked to be another
+    initialisation of the base's architecture with the same tokenizer (the different-init
+    defense: subliminal transfer is reported to need the teacher's initialisation)."""
+    if not init_from:
+        return base
+    from ..models import load_model
+
+    other = load_model(init_from, device=base.device, dtype=base.dtype)
+    problems = []
+    if other.architecture != base.architecture:
+        problems.append(f"architecture {other.architecture} vs {base.architecture}")
+    if (other.n_layers, other.d_model) != (base.n_layers, base.d_model):
+        problems.append(
+            f"{other.n_layers} layers of d_model {other.d_model} vs "
+            f"{base.n_layers} of {base.d_model}"
+        )
+    if other.tokenizer.get_vocab() != base.tokenizer.get_vocab():
+        problems.append("a different tokenizer vocabulary")
+    if problems:
+        raise SublensError(
+            f"init_from {init_from!r} is not another initialisation of {base.name} "
+            f"({'; '.join(problems)}): give a model of the same architecture and tokenizer"
+        )
+    return other
+
+
 def _make_student(base: LoadedModel, config: TrainConfig) -> _Student:
     """A deep copy of the base (never the cached model itself), with LoRA adapters if asked."""
-    model = copy.deepcopy(base.model).to(dtype=resolve_dtype(config.dtype))
+    start = init_model(base, config.init_from)
+    model = copy.deepcopy(start.model).to(dtype=resolve_dtype(config.dtype))
     if config.lora_rank == 0:
         model.train()
         for p in model.parameters():
@@ -410,14 +478,25 @@ def _batch_loss(
     targets: _Targets | None,
     device: torch.device,
 ) -> torch.Tensor:
-    """Mean loss over every completion token of the batch (SFT cross-entropy or logit-KL)."""
+    """Mean loss over every completion token of the batch (SFT cross-entropy or logit-KL); with
+    a mask-divergent keep-mask, the mean over the kept tokens only."""
     ex_batch = [examples[i] for i in idx]
     h = _hidden_at(student.lm, ex_batch, student.pad_id, device)
     head = student.lm.get_output_embeddings()
+    keep = None
+    if any(ex.keep is not None for ex in ex_batch):
+        keep = torch.tensor(
+            [bool(k) for ex in ex_batch for k in (ex.keep or [True] * len(ex.positions))],
+            dtype=torch.float32,
+            device=device,
+        )
     if objective == "sft":
         logits = _softcap(student.lm, head(h)).float()
         labels = torch.tensor([t for ex in ex_batch for t in ex.tokens], device=device)
-        return F.cross_entropy(logits, labels)
+        if keep is None:
+            return F.cross_entropy(logits, labels)
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        return (ce * keep).sum() / keep.sum().clamp_min(1.0)
     assert targets is not None
     sel = torch.cat([torch.arange(targets.offsets[i], targets.offsets[i + 1]) for i in idx])
     ids = targets.ids[sel].to(device)
@@ -434,7 +513,9 @@ def _batch_loss(
     logq = torch.log_softmax(_softcap(student.lm, logits).float(), dim=-1)
     p = logp.exp()
     kl = torch.where(p > 0, p * (logp - logq), torch.zeros_like(logq))
-    return kl.sum(-1).mean()
+    if keep is None:
+        return kl.sum(-1).mean()
+    return (kl.sum(-1) * keep).sum() / keep.sum().clamp_min(1.0)
 
 
 def _lr_lambda(config: TrainConfig, total: int):
@@ -591,16 +672,69 @@ def _load_weights(ck: Path, student: _Student) -> None:
 
 
 def _run_identity(
-    base: LoadedModel, config: TrainConfig, data_sha: str, targets: _Targets | None
+    base: LoadedModel,
+    config: TrainConfig,
+    data_sha: str,
+    targets: _Targets | None,
+    vectors: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """What the config hash covers: the computation, not bookkeeping (checkpoint_every)."""
-    cfg = config.to_dict()
+    """What the config hash covers: the computation, not bookkeeping (checkpoint_every); the
+    project-out vectors by content, not only by path."""
+    cfg = hash_view(config.to_dict())
     cfg.pop("checkpoint_every")
-    return {
+    identity = {
         "config": cfg,
         "base": base.name,
         "dataset_sha256": data_sha,
         "targets_sha256": targets.sha256 if targets else None,
+    }
+    if vectors:
+        from .teachers import vector_sha256
+
+        identity["project_out_sha256"] = [vector_sha256(v) for v in vectors]
+    return identity
+
+
+def _divergence_mask(
+    base: LoadedModel,
+    rows: list[dict],
+    examples: list[_Example],
+    targets: _Targets,
+    q: float,
+    out: Path,
+    chash: str,
+) -> dict[str, Any]:
+    """Set each example's keep-mask (mask-divergent); cached in OUT/position_mask.safetensors
+    under the run's hash, so a resumed run does not recompute the base's forwards."""
+    from .defenses import divergent_mask, position_divergence
+
+    path = out / "position_mask.safetensors"
+    keep = kl = None
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("config_hash") == chash:
+                keep, kl = f.get_tensor("keep").bool(), f.get_tensor("kl")
+    if keep is None or kl is None or keep.numel() != int(targets.offsets[-1]):
+        kl = position_divergence(base, rows, targets.ids, targets.logprobs, targets.offsets)
+        keep = divergent_mask(kl, q)
+        with atomic_path(path) as tmp:
+            save_file(
+                {"keep": keep.to(torch.uint8), "kl": kl}, str(tmp), metadata={"config_hash": chash}
+            )
+    for i, ex in enumerate(examples):
+        a, b = int(targets.offsets[i]), int(targets.offsets[i + 1])
+        ex.keep = keep[a:b].tolist()
+    dropped = ~keep
+    return {
+        "q": q,
+        "positions": int(keep.numel()),
+        "masked": int(dropped.sum()),
+        "kl_threshold": float(kl[dropped].min()) if bool(dropped.any()) else None,
+        "mean_kl_masked": float(kl[dropped].mean()) if bool(dropped.any()) else None,
+        "mean_kl_kept": float(kl[keep].mean()) if bool(keep.any()) else None,
+        "file": str(path),
     }
 
 
@@ -668,9 +802,15 @@ def train_student(
     out = Path(out_dir)
     if config.objective == "logit-kl" and targets_dir is None:
         raise SublensError("objective logit-kl needs teacher targets: pass --targets DIR")
-    if config.objective == "sft" and targets_dir is not None:
+    if config.objective == "sft" and targets_dir is not None and not config.mask_divergent:
         raise SublensError(
-            "teacher targets are only used by objective logit-kl: drop them or use logit-kl"
+            "teacher targets are only used by objective logit-kl (or mask_divergent): drop them "
+            "or use logit-kl"
+        )
+    if config.mask_divergent and targets_dir is None:
+        raise SublensError(
+            "mask_divergent needs teacher targets (the teacher's distribution at each completion "
+            "position): write them with write_teacher_targets and pass their directory"
         )
     if stop_after is not None and stop_after <= 0:
         raise SublensError(f"stop_after must be at least 1 (got {stop_after})")
@@ -689,9 +829,31 @@ def train_student(
                 f"targets in {targets_dir} hold token ids outside {base.name}'s vocabulary: "
                 "write them with the same model"
             )
-    identity = _run_identity(base, config, data_sha, targets)
+    vectors = []
+    if config.project_out:
+        from .defenses import load_project_vectors
+
+        vectors = load_project_vectors(config.project_out, base)
+    identity = _run_identity(base, config, data_sha, targets, vectors)
     chash = config_hash(identity)
     _prepare_out(out, identity, chash, overwrite)
+    defenses: dict[str, Any] = {}
+    if config.mask_divergent:
+        assert targets is not None
+        defenses["mask_divergent"] = _divergence_mask(
+            base, rows, examples, targets, float(config.mask_divergent), out, chash
+        )
+    projected: dict[int, int] = {}
+    project_ctx: Any = contextlib.nullcontext(projected)
+    if vectors:
+        from .defenses import project_out, projection_bases
+
+        bases = projection_bases(vectors)
+        defenses["project_out"] = {
+            "vectors": list(config.project_out or []),
+            "layers": sorted(bases),
+            "rank": {str(k): int(v.shape[1]) for k, v in bases.items()},
+        }
 
     n = len(examples)
     total = config.max_steps or config.epochs * math.ceil(n / config.batch_size)
@@ -742,7 +904,11 @@ def train_student(
 
     bar = tqdm(total=total, initial=start, disable=quiet, desc="train", unit="step")
     try:
-        with open(curves_path, "a") as curve_file:
+        if vectors:
+            project_ctx = project_out(student.lm, bases)
+        # project-out hooks live exactly as long as the training loop: only training forwards
+        # are projected, never evaluation or the saved weights.
+        with open(curves_path, "a") as curve_file, project_ctx as projected:
             for step in range(start, end):
                 ts = time.perf_counter()
                 idx = _batch_rows(config.seed, step, n, config.batch_size)
@@ -809,6 +975,10 @@ def train_student(
         "latest": _step_name(last_saved),
         "out_dir": str(out),
     }
+    if defenses:
+        if "project_out" in defenses:
+            defenses["project_out"]["forwards"] = {str(k): v for k, v in projected.items()}
+        summary["defenses"] = defenses
     write_json(out / "summary.json", summary)
     return summary
 
@@ -838,7 +1008,11 @@ def load_student(base: LoadedModel, checkpoint_dir: str | os.PathLike) -> Loaded
             f"{str(ck)!r} is not a training checkpoint (no meta.json): pass a step_N directory "
             "or a training output directory"
         )
-    model = copy.deepcopy(base.model)
+    init_from = None
+    record = ck.parent.parent / "train.json"
+    if record.is_file():
+        init_from = (read_json(record).get("config") or {}).get("init_from")
+    model = copy.deepcopy(init_model(base, init_from).model)
     if (ck / "adapter").is_dir():
         from peft import PeftModel
 
