@@ -912,6 +912,12 @@ def study_optimizers_cmd(
         str | None, typer.Option("--vector", help="Steer the teacher with this vector.")
     ] = None,
     alpha: Annotated[float | None, typer.Option("--alpha")] = None,
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Steer only these layers of the vector.")
+    ] = None,
+    align_prompts: Annotated[
+        int, typer.Option("--align-prompts", help="Held-out prompts for the final alignment.")
+    ] = 32,
     config: Config = None,
     model: Annotated[str | None, typer.Option("--model")] = None,
     trait: Annotated[str | None, typer.Option("--trait")] = None,
@@ -938,6 +944,7 @@ def study_optimizers_cmd(
 ) -> None:
     """The same distillation with each optimizer, matched on training loss."""
     from analyses.optimizer_ablation import run_optimizer_ablation
+    from interp.layers import parse_layers
 
     over = _study_overrides(
         model=model,
@@ -961,6 +968,8 @@ def study_optimizers_cmd(
         lrs=lrs,
         vector=vector,
         alpha=alpha,
+        layers=parse_layers(layers, 10_000) if layers else None,
+        align_prompts=align_prompts,
         loss_tolerance=loss_tolerance,
         match_loss=match_loss,
         max_steps_factor=max_steps_factor,
@@ -1001,6 +1010,131 @@ def study_compare_cmd(
 
     out = output_path or ARTIFACTS / "studies" / "compare"
     run_compare([str(r) for r in runs], out)
+    typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+def _split_list(items: list[str] | None) -> list[str]:
+    """Repeated and/or comma-separated option values as one list."""
+    return [x.strip() for item in items or [] for x in item.split(",") if x.strip()]
+
+
+@app.command("scan")
+def scan_cmd(
+    data: Annotated[Path, typer.Argument(help="Dataset JSONL (messages rows: user, assistant).")],
+    model: Model = "smollm2-135m",
+    trait_vectors: Annotated[
+        list[str] | None,
+        typer.Option("--trait-vectors", help="Library vector dir(s); repeat or comma-separate."),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="Clean reference JSONL (default: base model answers)."),
+    ] = None,
+    layer: Annotated[int | None, typer.Option("--layer", help="Default: n_layers // 2.")] = None,
+    output_path: OutputPath = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option("--max-new-tokens", help="Reference token budget (default: the data's)."),
+    ] = None,
+    n_permutations: Annotated[int, typer.Option("--n-permutations")] = 1000,
+    n_blind_permutations: Annotated[int, typer.Option("--n-blind-permutations")] = 24,
+    effect_scale: Annotated[
+        float, typer.Option("--effect-scale", help="Shift s as a multiple of the residual norm.")
+    ] = 0.5,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,
+    seed: Seed = 0,
+    limit: Annotated[int | None, typer.Option("--limit", help="First N rows only.")] = None,
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Does a distillation dataset carry a hidden trait, which one, and which rows?"""
+    from analyses.scan import DETECTOR_LABELS, run_scan
+
+    out = output_path or ARTIFACTS / "scan" / data.stem
+    res = run_scan(
+        data,
+        model,
+        out,
+        trait_vectors=_split_list(trait_vectors) or None,
+        reference=reference,
+        layer=layer,
+        seed=seed,
+        limit=limit,
+        batch_size=batch_size,
+        n_permutations=n_permutations,
+        device=device,
+        quiet=quiet,
+        n_blind_permutations=n_blind_permutations,
+        effect_scale=effect_scale,
+        alpha=alpha,
+        max_new_tokens=max_new_tokens,
+    )
+    typer.echo(res["verdict"]["sentence"])
+    for k, d in res["detectors"].items():
+        if d:
+            typer.echo(
+                f"  {DETECTOR_LABELS[k]}: score {d['score']:.4g} threshold {d['threshold']:.4g} "
+                f"p {d['p_value']:.3g}{'  FLAGGED' if d['flagged'] else ''}"
+            )
+    typer.echo(
+        f"{res['n_flagged_rows']} of {res['n_rows']} rows flagged; per-row scores: "
+        f"{res['rows_path']}"
+    )
+    typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+@study_app.command("scanner")
+def study_scanner_cmd(
+    model: Model = "smollm2-135m",
+    traits: Annotated[
+        str, typer.Option("--traits", help="Library traits (a vector is fitted for each).")
+    ] = "owl,dog",
+    heldout_traits: Annotated[
+        str, typer.Option("--heldout-traits", help="Traits kept out of the library.")
+    ] = "french,sad",
+    seeds: Annotated[int, typer.Option("--seeds", help="Biased datasets per trait.")] = 2,
+    unbiased_seeds: Annotated[
+        int, typer.Option("--unbiased-seeds", help="Unbiased (base) datasets.")
+    ] = 4,
+    n_rows: Annotated[int, typer.Option("--n-rows", help="Rows per dataset.")] = 48,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 16,
+    layer: Annotated[int | None, typer.Option("--layer", help="Default: n_layers // 2.")] = None,
+    n_permutations: Annotated[int, typer.Option("--n-permutations")] = 1000,
+    n_blind_permutations: Annotated[int, typer.Option("--n-blind-permutations")] = 24,
+    n_boot: StudyNBoot = 2000,
+    seed: Seed = 0,
+    batch_size: BatchSize = 8,
+    output_path: OutputPath = None,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Scanner AUROC on labelled datasets: prompted teachers (library / held-out traits) vs base."""
+    from analyses.scan_eval import run_scan_eval
+
+    out = output_path or ARTIFACTS / "studies" / "scanner" / Path(model).name
+    res = run_scan_eval(
+        model=model,
+        output_path=out,
+        traits=_split_list([traits]),
+        heldout_traits=_split_list([heldout_traits]),
+        seeds=seeds,
+        unbiased_seeds=unbiased_seeds,
+        n_rows=n_rows,
+        max_new_tokens=max_new_tokens,
+        layer=layer,
+        seed=seed,
+        n_permutations=n_permutations,
+        n_blind_permutations=n_blind_permutations,
+        n_boot=n_boot,
+        batch_size=batch_size,
+        device=device,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    for line in res["findings"]:
+        typer.echo(line)
     typer.echo(f"report: {Path(out) / 'report.md'}")
 
 

@@ -103,6 +103,7 @@ def run_optimizer_ablation(
     lrs: str | dict[str, float] | None = None,
     vector: str | Path | None = None,
     alpha: float | None = None,
+    layers: list[int] | None = None,
     loss_tolerance: float = 0.2,
     match_loss: bool = False,
     max_steps_factor: int = 4,
@@ -133,6 +134,8 @@ def run_optimizer_ablation(
         teacher = {"teacher.kind": "steered", "teacher.vector": str(vector)}
         if alpha is not None:
             teacher["teacher.alpha"] = float(alpha)
+        if layers is not None:
+            teacher["teacher.layers"] = list(layers)
     ref_name = "adamw" if "adamw" in names else names[0]
     order = [ref_name] + [n for n in names if n != ref_name]  # the reference loss comes first
 
@@ -200,6 +203,7 @@ def run_optimizer_ablation(
         "preset": preset,
         "vector": str(vector) if vector else None,
         "alpha": alpha,
+        "layers": layers,
         "loss_tolerance": loss_tolerance,
         "match_loss": match_loss,
         "max_steps_factor": max_steps_factor,

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from analyses.distill import write_report
-from interp.distill.run import load_run_config, run_distillation, transfer_ratio
+from interp.distill.run import _scores, load_run_config, run_distillation, transfer_ratio
+from interp.distill.train import load_student
 from interp.errors import SublensError
+from interp.traits import get_trait
 
 TOML = """
 model = "tiny-llama"
@@ -65,8 +67,12 @@ def test_distill_run_end_to_end_and_resume(tiny, tmp_path):
     got = results["headline"]["transfer_ratio_student"]
     assert got["ratio"] == pytest.approx(expect, rel=1e-9)
     assert got["ci_low"] <= got["ratio"] <= got["ci_high"] or not np.isfinite(got["ci_low"])
-    # step 0 is the base itself (full fine-tuning starts from the base weights)
-    assert scores["student"]["0"]["trait"]["per_question"] == pytest.approx(pq["m"].tolist())
+    # step 0 is the base itself (full fine-tuning starts from the base weights): the evaluation
+    # reuses the base's scores for it, so check that premise by scoring the checkpoint itself
+    assert scores["student"]["0"] == scores["base"]
+    step0 = load_student(tiny, out / "student" / "checkpoints" / "step_000000")
+    own = _scores(step0, get_trait("owl"), cfg)
+    assert own["trait"]["per_question"] == scores["base"]["trait"]["per_question"]
     # the student and control differ after training (they saw different data)
     assert scores["student"]["3"] != scores["control"]["3"]
     report = write_report(results)

@@ -424,6 +424,12 @@ def evaluate_run(
         for step, ck in list_checkpoints(out / name):
             if str(step) in scores[name]:
                 continue
+            if step == 0 and not cfg.train.init_from:
+                # step_000000 is the base's own weights (a LoRA adapter starts as the identity):
+                # its scores are the base's, bit for bit, so a third of the evaluation is skipped
+                scores[name]["0"] = scores["base"]
+                write_json(path, scores)
+                continue
             model = load_student(loaded, ck)
             scores[name][str(step)] = _scores(model, trait, cfg)
             del model

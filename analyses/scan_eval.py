@@ -1,0 +1,642 @@
+"""`sublens study scanner`: how well does `sublens scan` tell trait-carrying datasets from clean
+ones, for traits in its vector library and for traits it has never seen?
+
+Design. One numbers prompt set (``n_rows`` prompts, seeded) is answered by
+
+- prompted teachers (the trait's system prompt; biased), for every trait × ``seeds`` sampling
+  seeds: library traits (a diff-mean vector is fitted for each, positions "all", on other
+  numbers prompts, at the scan layer) and held-out traits (no vector in the library);
+- the base model (unbiased), ``unbiased_seeds`` sampling seeds;
+- the base model once more with its own seed: the reference every scan compares against
+  (the same prompts, so scans are paired by prompt and one reference serves all).
+
+All datasets are sampled the same way (numbers grammar, T = 1, ``max_new_tokens`` tokens, the
+same batch size), so an unbiased dataset and the reference are exchangeable: the calibrated
+thresholds should flag about ``alpha`` of them. Every dataset is scanned with the whole library.
+
+Outputs: ``OUT/results.json`` (per-dataset detector scores, AUROC per detector with a stratified
+bootstrap CI over datasets, separately for library and held-out traits, the calibrated
+thresholds' false- and true-positive rates, how often the top library vector names the right
+trait), ``OUT/roc.png``, ``OUT/report.md``. Everything below ``OUT/`` is reused when rerun with
+the same config: datasets (resumable generation), vectors, gradients (``grads/*.npz``) and scans
+(``scans/*.json``).
+
+AUROC uses each detector's score standardised on its own permutation null (``z``), so datasets
+whose nulls differ are on one scale.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp.errors import SublensError
+from interp.io import (
+    atomic_path,
+    config_hash,
+    git_commit,
+    package_versions,
+    read_json,
+    write_json,
+    write_text,
+)
+from interp.scan import DETECTORS, MIN_ROWS, REFERENCE_SEED_OFFSET
+
+from .scan import DETECTOR_LABELS
+from .studies import say_fn
+
+GROUPS = ("library", "heldout")
+# Grayscale-readable: each detector has its own line style and marker.
+STYLE = {
+    "known": ("black", "-", "o"),
+    "blind": ("0.35", "--", "s"),
+    "shift": ("0.55", "-.", "^"),
+    "likelihood": ("0.7", ":", "D"),
+}
+
+
+def dataset_plan(
+    traits: list[str], heldout: list[str], seeds: int, unbiased_seeds: int, seed: int
+) -> list[dict[str, Any]]:
+    """Every dataset of the study: name, kind, trait, sampling seed, label (1 = biased).
+
+    Sampling seeds are distinct per dataset and never the reference's
+    (``seed * 10000 + REFERENCE_SEED_OFFSET``)."""
+    plan = []
+    for ti, trait in enumerate([*traits, *heldout]):
+        kind = "library" if ti < len(traits) else "heldout"
+        for k in range(seeds):
+            plan.append(
+                {
+                    "name": f"{trait}-s{k}",
+                    "kind": kind,
+                    "trait": trait,
+                    "seed": seed * 10_000 + 100 * (ti + 1) + k,
+                    "label": 1,
+                }
+            )
+    for k in range(unbiased_seeds):
+        plan.append(
+            {
+                "name": f"unbiased-s{k}",
+                "kind": "unbiased",
+                "trait": None,
+                "seed": seed * 10_000 + 1 + k,
+                "label": 0,
+            }
+        )
+    return plan
+
+
+def _parse_traits(traits: list[str], heldout: list[str]) -> None:
+    from interp.traits import get_trait
+
+    if not traits and not heldout:
+        raise SublensError("give at least one trait (--traits owl,dog or --heldout-traits)")
+    both = sorted(set(traits) & set(heldout))
+    if both:
+        raise SublensError(f"trait(s) {', '.join(both)} are both in the library and held out")
+    if len(set(traits)) != len(traits) or len(set(heldout)) != len(heldout):
+        raise SublensError("a trait is listed twice: give each trait once")
+    for name in [*traits, *heldout]:
+        t = get_trait(name)
+        if not t.system_prompt:
+            raise SublensError(
+                f"trait {name!r} has no trait prompt: its teacher cannot be prompted"
+            )
+
+
+def auroc_with_ci(
+    labels: np.ndarray, scores: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """AUROC and a stratified percentile bootstrap CI over datasets (positives and negatives
+    resampled separately, so every replicate has both)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels, dtype=int)
+    scores = np.asarray(scores, dtype=np.float64)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if pos.size == 0 or neg.size == 0 or not np.all(np.isfinite(scores)):
+        return {
+            "auroc": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n_pos": pos.size,
+            "n_neg": neg.size,
+        }
+    point = float(roc_auc_score(labels, scores))
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        reps[b] = roc_auc_score(labels[idx], scores[idx])
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(reps, [tail, 1 - tail])
+    return {
+        "auroc": point,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "p_value": auroc_p_value(labels, scores, point, seed),
+        "n_pos": int(pos.size),
+        "n_neg": int(neg.size),
+    }
+
+
+def auroc_p_value(labels: np.ndarray, scores: np.ndarray, observed: float, seed: int = 0) -> float:
+    """One-sided p of AUROC >= observed when labels carry no information: every assignment of
+    the positive labels (exact when there are at most 20000, else 20000 random ones). With few
+    datasets the bootstrap CI can be degenerate; this p says how many would be needed."""
+    from itertools import combinations
+    from math import comb
+
+    from sklearn.metrics import roc_auc_score
+
+    n, k = labels.size, int(labels.sum())
+    if comb(n, k) <= 20_000:
+        draws = [list(c) for c in combinations(range(n), k)]
+    else:
+        rng = np.random.default_rng([seed, 5])
+        draws = [rng.choice(n, k, replace=False) for _ in range(20_000)]
+    null = []
+    for idx in draws:
+        lab = np.zeros(n, dtype=int)
+        lab[idx] = 1
+        null.append(roc_auc_score(lab, scores))
+    return float(np.mean(np.asarray(null) >= observed - 1e-12))
+
+
+def run_scan_eval(
+    model: str = "smollm2-135m",
+    output_path: str | Path = "artifacts/studies/scanner",
+    traits: list[str] | tuple[str, ...] = ("owl", "dog"),
+    heldout_traits: list[str] | tuple[str, ...] = ("french", "sad"),
+    seeds: int = 2,
+    unbiased_seeds: int = 4,
+    n_rows: int = 48,
+    max_new_tokens: int = 16,
+    layer: int | None = None,
+    seed: int = 0,
+    n_fit_prompts: int = 32,
+    n_permutations: int = 1000,
+    n_blind_permutations: int = 24,
+    effect_scale: float = 0.5,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    batch_size: int = 8,
+    device: str = "auto",
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Generate the labelled datasets, fit the library, scan everything, summarise (resumable)."""
+    from interp.distill import Teacher, get_domain
+    from interp.fitting import fit_vector
+    from interp.models import load_model
+    from interp.prompts import PromptSet
+    from interp.scan import QuestionProbe, RowGradients, generate_on_prompts, row_gradients
+    from interp.scan import scan_dataset as scan_one
+    from interp.steering import SteeringVector
+    from interp.traits import get_trait
+
+    traits, heldout = list(traits), list(heldout_traits)
+    _parse_traits(traits, heldout)
+    if seeds < 1 or unbiased_seeds < 1:
+        raise SublensError("--seeds and --unbiased-seeds must be at least 1")
+    if seeds > 99 or unbiased_seeds > 99 or len(traits) + len(heldout) > 70:
+        raise SublensError("at most 99 seeds and 70 traits (sampling seeds must stay distinct)")
+    if n_rows < MIN_ROWS:
+        raise SublensError(f"--n-rows must be at least {MIN_ROWS}, got {n_rows}")
+    if max_new_tokens <= 0 or n_fit_prompts <= 0:
+        raise SublensError("--max-new-tokens and --n-fit-prompts must be positive")
+    say = say_fn(quiet, "scanner")
+    out = Path(output_path)
+    t_all = time.perf_counter()
+    loaded = load_model(model, device=device)
+    layer = loaded.n_layers // 2 if layer is None else int(layer)
+    if layer < 0:
+        layer += loaded.n_layers
+    loaded.check_layers([layer])
+    config = {
+        "model": model,
+        "traits": traits,
+        "heldout_traits": heldout,
+        "seeds": seeds,
+        "unbiased_seeds": unbiased_seeds,
+        "n_rows": n_rows,
+        "max_new_tokens": max_new_tokens,
+        "domain": "numbers",
+        "teacher": "prompted (trait system prompt); unbiased and reference: base",
+        "layer": layer,
+        "seed": seed,
+        "n_fit_prompts": n_fit_prompts,
+        "vector_method": "diff-mean, positions all, numbers prompts",
+        "n_permutations": n_permutations,
+        "n_blind_permutations": n_blind_permutations,
+        "effect_scale": effect_scale,
+        "alpha": alpha,
+        "n_boot": n_boot,
+        "batch_size": batch_size,
+    }
+    key = config_hash(config)
+    cfg_file = out / "config.json"
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if cfg_file.is_file() and read_json(cfg_file).get("hash") != key:
+        raise SublensError(
+            f"{out} holds a scanner study with another config: pick another --output-path or "
+            "pass --overwrite"
+        )
+    if not cfg_file.is_file() and out.is_dir() and any(out.iterdir()):
+        raise SublensError(f"{out} exists and is not a scanner study: pick another --output-path")
+    write_json(cfg_file, {"hash": key, "config": config})
+    timings: dict[str, float] = {}
+
+    numbers = get_domain("numbers")
+    prompts = numbers.prompts(n_rows, seed)
+    gen_batch = min(n_rows, 64)  # every dataset sampled in the same batches (same process)
+
+    def generate(name: str, teacher: Teacher, sampling_seed: int) -> list[dict[str, Any]]:
+        return generate_on_prompts(
+            teacher,
+            prompts,
+            out / "data" / f"{name}.jsonl",
+            sampling_seed,
+            numbers,
+            max_new_tokens,
+            batch_size=gen_batch,
+            quiet=True,
+        )
+
+    t0 = time.perf_counter()
+    plan = dataset_plan(traits, heldout, seeds, unbiased_seeds, seed)
+    say(f"reference and {len(plan)} datasets of {n_rows} rows ...")
+    ref_rows = generate("reference", Teacher(loaded, "base"), seed * 10_000 + REFERENCE_SEED_OFFSET)
+    data_rows = {}
+    for p in plan:
+        if p["trait"] is None:
+            teacher = Teacher(loaded, "base")
+        else:
+            teacher = Teacher(loaded, "prompted", system_prompt=get_trait(p["trait"]).system_prompt)
+        data_rows[p["name"]] = generate(p["name"], teacher, p["seed"])
+        say(f"  {p['name']} ({p['kind']}): {len(data_rows[p['name']])} rows")
+    timings["generate_s"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    fit_prompts = PromptSet(
+        [[{"role": "user", "content": q}] for q in numbers.prompts(n_fit_prompts, seed + 1)],
+        f"numbers:{n_fit_prompts} (seed {seed + 1})",
+    )
+    library: dict[str, SteeringVector] = {}
+    for trait in traits:
+        vdir = out / "vectors" / trait
+        if not (vdir / "vector.json").is_file():
+            say(f"fitting the {trait} vector (diff-mean, layer {layer}) ...")
+            fit_vector(
+                loaded,
+                fit_prompts,
+                get_trait(trait).system_prompt,
+                [layer],
+                method="diff-mean",
+                positions="all",
+                batch_size=batch_size,
+                seed=seed,
+            ).save(vdir)
+        library[trait] = SteeringVector.load(vdir)
+    timings["fit_s"] = round(time.perf_counter() - t0, 1)
+
+    def grads(name: str, rows: list[dict[str, Any]]) -> RowGradients:
+        path = out / "grads" / f"{name}.npz"
+        if path.is_file():
+            return RowGradients.load(path)
+        got = row_gradients(loaded, rows, [layer], batch_size=batch_size)
+        got.save(path)
+        return got
+
+    t0 = time.perf_counter()
+    probe = None
+    ref_grads = grads("reference", ref_rows)
+    records = []
+    for p in plan:
+        path = out / "scans" / f"{p['name']}.json"
+        if path.is_file():
+            scan = read_json(path)
+        else:
+            say(f"scanning {p['name']} ...")
+            probe = probe or QuestionProbe(loaded, layer)
+            scan = scan_one(
+                loaded,
+                data_rows[p["name"]],
+                ref_rows,
+                library,
+                layer,
+                alpha=alpha,
+                n_permutations=n_permutations,
+                n_blind_permutations=n_blind_permutations,
+                effect_scale=effect_scale,
+                seed=seed,
+                batch_size=batch_size,
+                data_gradients=grads(p["name"], data_rows[p["name"]]),
+                reference_gradients=ref_grads,
+                probe=probe,
+            )
+            write_json(path, scan)
+        records.append(_record(p, scan))
+        v = "flagged" if records[-1]["verdict_flagged"] else "clean"
+        say(
+            f"  {p['name']}: {v}; "
+            + ", ".join(f"{k} p={records[-1][k]['p']:.3g}" for k in DETECTORS if records[-1].get(k))
+        )
+    timings["scan_s"] = round(time.perf_counter() - t0, 1)
+
+    results = {
+        "analysis": "scan_eval",
+        "config": config,
+        "config_hash": key,
+        "model": loaded.describe(),
+        "output_path": str(out),
+        "datasets": records,
+        **summarise(records, alpha, n_boot, seed),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+    results["figures"] = write_figure(results, out)
+    timings["total_s"] = round(time.perf_counter() - t_all, 1)
+    results["timings"] = timings
+    write_text(out / "report.md", render_report(results))
+    write_json(out / "results.json", results)
+    return results
+
+
+def _record(p: dict[str, Any], scan: dict[str, Any]) -> dict[str, Any]:
+    """One dataset's line in the results: each detector's score, z, p and flag."""
+    rec: dict[str, Any] = dict(p)
+    for k in DETECTORS:
+        d = scan["detectors"].get(k)
+        rec[k] = (
+            None
+            if not d
+            else {"score": d["score"], "z": d["z"], "p": d["p_value"], "flagged": d["flagged"]}
+        )
+    rec["verdict_flagged"] = scan["verdict"]["flagged"]
+    known = scan["detectors"].get("known")
+    rec["known_top"] = known["top"] if known else None
+    blind = scan["detectors"]["blind"]
+    rec["blind_tokens"] = blind["suspected_tokens"]
+    cos = blind["directions"]["u"]["cosines"]
+    rec["cosine_u_true"] = cos.get(p["trait"]) if p["trait"] else None
+    rec["n_flagged_rows"] = scan["n_flagged_rows"]
+    rec["n_flagged_reference_rows"] = scan["n_flagged_reference_rows"]
+    return rec
+
+
+def summarise(
+    records: list[dict[str, Any]], alpha: float, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """AUROC with CIs per detector and group, calibrated flag rates, trait identification."""
+    neg = [r for r in records if r["label"] == 0]
+    auroc: dict[str, dict[str, Any]] = {}
+    rates: dict[str, dict[str, Any]] = {}
+    for group in (*GROUPS, "all"):
+        pos = [r for r in records if r["label"] == 1 and (group == "all" or r["kind"] == group)]
+        if not pos:
+            continue
+        sel = pos + neg
+        labels = np.array([r["label"] for r in sel])
+        auroc[group] = {}
+        rates[group] = {}
+        for k in (*DETECTORS, "verdict"):
+            if k == "verdict":
+                flags = [r["verdict_flagged"] for r in pos]
+            else:
+                if any(r[k] is None for r in sel):
+                    continue
+                scores = np.array([r[k]["z"] for r in sel])
+                auroc[group][k] = auroc_with_ci(labels, scores, n_boot, seed)
+                flags = [r[k]["flagged"] for r in pos]
+            rates[group][k] = {"tpr": float(np.mean(flags)), "n": len(pos)}
+    fpr = {}
+    for k in (*DETECTORS, "verdict"):
+        if k == "verdict":
+            flags = [r["verdict_flagged"] for r in neg]
+        elif any(r[k] is None for r in neg):
+            continue
+        else:
+            flags = [r[k]["flagged"] for r in neg]
+        fpr[k] = {"fpr": float(np.mean(flags)) if flags else None, "n": len(flags)}
+    lib = [r for r in records if r["kind"] == "library"]
+    ident = None
+    if lib and all(r["known_top"] is not None for r in lib):
+        hits = [r["known_top"] == r["trait"] for r in lib]
+        ident = {"top_vector_is_trait": float(np.mean(hits)), "n": len(hits)}
+    return {
+        "auroc": auroc,
+        "true_positive_rate": rates,
+        "false_positive_rate": fpr,
+        "identification": ident,
+        "alpha": alpha,
+        "findings": findings(auroc, fpr, alpha),
+    }
+
+
+def findings(auroc: dict[str, Any], fpr: dict[str, Any], alpha: float) -> list[str]:
+    """Sentences chosen from the numbers (never assumed): which detector separates which group."""
+    out = []
+    for group, per in auroc.items():
+        if group == "all" or not per:
+            continue
+        best = max(per, key=lambda k: per[k]["auroc"] if per[k]["auroc"] is not None else -1)
+        b = per[best]
+        if b["auroc"] is None:
+            continue
+        sep = b["ci_low"] > 0.5 and b["p_value"] < 0.05
+        what = "library traits" if group == "library" else "held-out traits"
+        out.append(
+            f"{what}: best detector {best}, AUROC {b['auroc']:.2f} [{b['ci_low']:.2f}, "
+            f"{b['ci_high']:.2f}], p = {b['p_value']:.2g} against chance, over {b['n_pos']} "
+            f"biased vs {b['n_neg']} unbiased datasets — "
+            + ("separated from chance." if sep else "not told apart from chance.")
+        )
+    high = [k for k, v in fpr.items() if v["fpr"] is not None and v["fpr"] > 2 * alpha + 0.25]
+    if high:
+        out.append(
+            f"calibration: {', '.join(high)} flagged more unbiased datasets than alpha {alpha} "
+            "allows by a wide margin (check that data and reference are sampled alike)."
+        )
+    return out
+
+
+def _title(results: dict[str, Any]) -> str:
+    bits = []
+    for group in GROUPS:
+        per = results["auroc"].get(group)
+        if not per:
+            continue
+        best = max(per, key=lambda k: per[k]["auroc"] if per[k]["auroc"] is not None else -1)
+        a = per[best]
+        if a["auroc"] is None:
+            continue
+        sep = a["ci_low"] > 0.5 and a["p_value"] < 0.05
+        verdict = "separates" if sep else "does not separate"
+        bits.append(f"{group}: {best} {verdict} (AUROC {a['auroc']:.2f})")
+    return f"Scanner on {results['model']['name']} — " + "; ".join(bits)
+
+
+def write_figure(results: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    groups = [g for g in GROUPS if g in results["auroc"]]
+    if not groups:
+        return []
+    neg = [r for r in results["datasets"] if r["label"] == 0]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.6), squeeze=False)
+    for ax, group in zip(axes[0], groups, strict=True):
+        pos = [r for r in results["datasets"] if r["label"] == 1 and r["kind"] == group]
+        sel = pos + neg
+        labels = np.array([r["label"] for r in sel])
+        for k, a in results["auroc"][group].items():
+            if a["auroc"] is None:
+                continue
+            fpr, tpr, _ = roc_curve(labels, [r[k]["z"] for r in sel])
+            color, ls, marker = STYLE[k]
+            ax.plot(
+                fpr,
+                tpr,
+                ls=ls,
+                marker=marker,
+                color=color,
+                mfc="white",
+                label=f"{k}: {a['auroc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]",
+            )
+        ax.plot([0, 1], [0, 1], color="0.8", lw=1)
+        ax.set_xlabel(f"false-positive rate ({len(neg)} unbiased datasets)")
+        ax.set_ylabel(f"true-positive rate ({len(pos)} biased datasets)")
+        name = "library traits" if group == "library" else "held-out traits"
+        ax.set_title(f"{name}: AUROC [95% CI]", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(_title(results), fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out / "roc.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return ["roc.png"]
+
+
+def _f(x: float | None, nd: int = 3) -> str:
+    return "–" if x is None else f"{x:.{nd}g}"
+
+
+def render_report(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    lines = [
+        f"# Scanner evaluation on {results['model']['name']} (layer {cfg['layer']})",
+        "",
+        f"Biased datasets: prompted teachers of {', '.join(cfg['traits']) or '–'} (library: a "
+        f"diff-mean vector each) and {', '.join(cfg['heldout_traits']) or '–'} (held out: not in "
+        f"the library), {cfg['seeds']} sampling seed(s) each; unbiased: the base model, "
+        f"{cfg['unbiased_seeds']} seed(s). Every dataset answers the same {cfg['n_rows']} numbers "
+        f"prompts with {cfg['max_new_tokens']} new tokens (grammar-constrained, T = 1); one "
+        "reference (the base model, its own seed) serves every scan. Calibrated flags at "
+        f"alpha {cfg['alpha']}; AUROC on each detector's z against its own permutation null, "
+        f"95% CIs from {cfg['n_boot']} stratified bootstrap resamples of datasets.",
+        "",
+        "## Findings",
+        "",
+        *[f"- {s}" for s in results["findings"]],
+        "",
+        "## AUROC (biased vs unbiased datasets)",
+        "",
+        "| detector | " + " | ".join(results["auroc"]) + " |",
+        "|---|" + "---|" * len(results["auroc"]),
+    ]
+    for k in DETECTORS:
+        cells = []
+        for per in results["auroc"].values():
+            a = per.get(k)
+            cells.append(
+                "–"
+                if not a or a["auroc"] is None
+                else f"{a['auroc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}], "
+                f"p {a['p_value']:.2g}"
+            )
+        lines.append(f"| {DETECTOR_LABELS[k]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Calibrated thresholds: flag rates",
+        "",
+        "| detector | false-positive rate (unbiased) | "
+        + " | ".join(f"true-positive rate ({g})" for g in results["true_positive_rate"])
+        + " |",
+        "|---|---|" + "---|" * len(results["true_positive_rate"]),
+    ]
+    for k in (*DETECTORS, "verdict"):
+        f = results["false_positive_rate"].get(k)
+        if f is None:
+            continue
+        cells = [
+            _rate(results["true_positive_rate"][g].get(k), "tpr")
+            for g in results["true_positive_rate"]
+        ]
+        label = DETECTOR_LABELS.get(k, "verdict (known or blind, Bonferroni)")
+        lines.append(f"| {label} | {_rate(f, 'fpr')} | " + " | ".join(cells) + " |")
+    ident = results["identification"]
+    if ident:
+        lines += [
+            "",
+            f"Top library vector names the right trait in {ident['top_vector_is_trait']:.0%} of "
+            f"{ident['n']} library-trait datasets.",
+        ]
+    lines += [
+        "",
+        "## Datasets",
+        "",
+        "| dataset | kind | known z (p) | blind z (p) | shift z (p) | likelihood z (p) | "
+        "verdict | top vector | û raises | cos(û, v_trait) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["datasets"]:
+        cells = ["–" if r[k] is None else f"{r[k]['z']:.2f} ({r[k]['p']:.3g})" for k in DETECTORS]
+        toks = ", ".join(f"`{t!r}`" for t in r["blind_tokens"][:3])
+        lines.append(
+            f"| {r['name']} | {r['kind']} | " + " | ".join(cells) + f" | "
+            f"{'flagged' if r['verdict_flagged'] else 'clean'} | {r['known_top'] or '–'} | "
+            f"{toks or '–'} | {_f(r['cosine_u_true'], 2)} |"
+        )
+    lines += [
+        "",
+        "## How to read it",
+        "",
+        "- AUROC 0.5 is chance. Each cell: AUROC [bootstrap 95% CI], p = the share of label "
+        "assignments (which datasets are 'biased') reaching that AUROC by chance. With a handful "
+        "of datasets per group the bootstrap CI can collapse (one biased dataset: every "
+        "resample has the same positive); the p-value then says the evidence is thin. A "
+        "detector counts as separating only when the CI excludes 0.5 and p < 0.05.",
+        "- The false-positive rate should be near alpha; with few unbiased datasets (each "
+        "flagged or not) it is coarse. Unbiased datasets share one reference, so their flags are "
+        "not independent.",
+        "- Held-out traits have no library vector: there only the blind statistics (and the "
+        "known detector through whatever library vector happens to correlate) can work.",
+        "",
+        "## Figure",
+        "",
+        *[f"![{f}]({f})" for f in results.get("figures", [])],
+        "",
+        "ROC curves per detector; left library traits, right held-out traits, against the same "
+        "unbiased datasets.",
+        "",
+        f"Timings: {json.dumps(results.get('timings', {}))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _rate(entry: dict[str, Any] | None, key: str) -> str:
+    if not entry or entry.get(key) is None:
+        return "–"
+    return f"{entry[key]:.2f} ({round(entry[key] * entry['n'])}/{entry['n']})"
