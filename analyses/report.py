@@ -171,8 +171,6 @@ def build_report(run_dir: str | Path) -> Path:
         headline.append(
             ("defenses", res["recommendation"], "from `sublens defend`: reduction and cost")
         )
-    else:
-        missing.append(f"defenses: run `sublens defend --config CONFIG --output-path {run}/defend`")
 
     cfg = info.config
     lines = [

@@ -115,6 +115,7 @@ def test_project_out_zeroes_the_component_in_training_forwards_only(tiny, tmp_pa
                 h.remove()
 
     monkeypatch.setattr(train_mod, "_batch_loss", spy)
+    before = [dict(b._forward_hooks) for b in decoder_layers(tiny.model)]
     cfg = TrainConfig(lr=1e-2, max_steps=2, batch_size=4, project_out=[str(v1), str(v2)])
     out = tmp_path / "run"
     summary = train_student(tiny, _rows(), out, cfg)
@@ -127,7 +128,9 @@ def test_project_out_zeroes_the_component_in_training_forwards_only(tiny, tmp_pa
         coef = h @ units[layer].T
         assert coef.abs().max() < 1e-5 * h.norm(dim=-1).max(), layer
     assert summary["defenses"]["project_out"]["forwards"] == {"1": 2, "2": 2}
-    assert all(len(b._forward_hooks) == 0 for b in blocks_of[-1])  # gone after training
+    # gone after training (other tests' hooks on the shared model, if any, are left as they were)
+    assert [dict(b._forward_hooks) for b in decoder_layers(tiny.model)] == before
+    assert all(len(b._forward_hooks) == len(h) for b, h in zip(blocks_of[-1], before, strict=True))
     # evaluation runs the saved weights without any hook: the component is back
     student = load_student(tiny, out)
     got = []
