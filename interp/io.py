@@ -65,6 +65,31 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def iter_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for every non-blank line of a JSONL file. A missing file,
+    non-UTF-8 text or a bad line is a one-line SublensError that names the line (callers check
+    the objects' shape themselves)."""
+    from .errors import SublensError
+
+    p = Path(path)
+    if not p.is_file():
+        raise SublensError(f"{what} {str(p)!r} does not exist: check the path")
+    try:
+        with p.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise SublensError(
+                        f"{p}:{lineno}: not valid JSON ({err.msg}): fix or remove that line"
+                    ) from None
+                yield lineno, obj
+    except UnicodeDecodeError:
+        raise SublensError(f"{p} is not UTF-8 text: save it as UTF-8 JSONL") from None
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)

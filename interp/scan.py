@@ -75,7 +75,7 @@ from .distill.teachers import Teacher
 from .errors import SublensError
 from .fitting import _block_outputs, _replayed_below
 from .gradients import _decoder, _frozen_eval
-from .io import sha256_text
+from .io import iter_jsonl, sha256_text
 from .models import LoadedModel
 from .steering import SteeringVector
 from .trait_sets import (
@@ -131,23 +131,11 @@ def read_dataset(path: str | Path) -> list[dict[str, Any]]:
             f'dataset {str(path)!r} does not exist: give a JSONL file of {{"messages": [...]}} rows'
         )
     rows = []
-    try:
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SublensError(
-                        f"{path}:{lineno}: not valid JSON ({err.msg}): fix or remove that line"
-                    ) from None
-                problem = _row_problem(row)
-                if problem:
-                    raise SublensError(f"{path}:{lineno}: {problem}")
-                rows.append(row)
-    except UnicodeDecodeError:
-        raise SublensError(f"{path} is not UTF-8 text: save the dataset as UTF-8 JSONL") from None
+    for lineno, row in iter_jsonl(path, "dataset"):
+        problem = _row_problem(row)
+        if problem:
+            raise SublensError(f"{path}:{lineno}: {problem}")
+        rows.append(row)
     if not rows:
         raise SublensError(f'dataset {path} is empty: it needs one {{"messages": [...]}} per line')
     return rows

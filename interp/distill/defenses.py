@@ -36,7 +36,7 @@ from torch import nn
 from ..backends import make_batch
 from ..chat import ChatFormat
 from ..errors import SublensError
-from ..io import atomic_path, sha256_file
+from ..io import atomic_path, iter_jsonl, sha256_file
 from ..models import LoadedModel
 from ..steering import SteeringVector
 from .domains import Domain, get_domain
@@ -118,19 +118,12 @@ def paraphrase_rows(
 
 def read_flags(path: str | Path) -> list[dict[str, Any]]:
     """Scanner rows (``{"index", "score", "flagged", ...}`` per line); errors name the line."""
-    p = Path(path)
-    if not p.is_file():
-        raise SublensError(f"scanner rows {str(p)!r} not found: run the scanner on this dataset")
+    if not Path(path).is_file():
+        raise SublensError(f"scanner rows {str(path)!r} not found: run the scanner on this dataset")
     flags = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SublensError(f"{p}:{lineno}: not valid JSON ({err.msg})") from None
+    for lineno, rec in iter_jsonl(path, "scanner rows"):
         if not isinstance(rec, dict) or not isinstance(rec.get("index"), int):
-            raise SublensError(f'{p}:{lineno}: expected {{"index": int, "score": ..., ...}}')
+            raise SublensError(f'{path}:{lineno}: expected {{"index": int, "score": ..., ...}}')
         flags.append(rec)
     return flags
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..chat import ChatFormat, FormattedPrompt
 from ..errors import SublensError
-from ..io import read_json, sha256_file, sha256_text, write_json
+from ..io import iter_jsonl, read_json, sha256_file, sha256_text, write_json
 from ..models import LoadedModel
 from ..tensorfile import RowWriter
 from .domains import end_of_turn_ids
@@ -78,21 +78,11 @@ def unembed(loaded: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor | None 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """JSONL dataset rows (``{"messages": [...]}``); errors name the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise SublensError(f"dataset {str(path)!r} does not exist")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SublensError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
-                raise SublensError(f'{path}:{lineno}: expected {{"messages": [...]}}')
-            rows.append(row)
+    for lineno, row in iter_jsonl(path, "dataset"):
+        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+            raise SublensError(f'{path}:{lineno}: expected {{"messages": [...]}}')
+        rows.append(row)
     return rows
 
 

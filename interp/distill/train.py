@@ -41,6 +41,7 @@ from ..errors import SublensError
 from ..io import (
     atomic_path,
     config_hash,
+    iter_jsonl,
     package_versions,
     read_json,
     sha256_file,
@@ -234,19 +235,7 @@ def _read_rows(rows_or_path: str | os.PathLike | Sequence[dict]) -> tuple[list[d
     """(rows, sha256, description). JSONL errors name the line."""
     if isinstance(rows_or_path, (str, os.PathLike)):
         path = Path(rows_or_path)
-        if not path.is_file():
-            raise SublensError(f"dataset {str(path)!r} does not exist: check the path")
-        rows = []
-        with open(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise SublensError(
-                        f"{path}:{lineno} is not valid JSON ({err.msg}): fix or remove that line"
-                    ) from None
+        rows = [row for _, row in iter_jsonl(path, "dataset")]
         return rows, sha256_file(path), str(path)
     rows = list(rows_or_path)
     # The same digest targets.py records for in-memory rows (their JSONL text).
