@@ -896,7 +896,8 @@ def study_transfer_ratio_cmd(
             f"{p['tau_student']['value']:.4f}  control {p['tau_control']['value']:.4f}  ratio "
             + (f"{r['value']:.3f}" if r["value"] is not None else "undefined")
         )
-    typer.echo(res["threshold"]["transfer_ratio"]["sentence"])
+    typer.echo("transfer ratio: " + res["threshold"]["transfer_ratio"]["sentence"])
+    typer.echo("student − control: " + res["threshold"]["student_minus_control"]["sentence"])
     typer.echo(f"report: {Path(out) / 'report.md'}")
 
 

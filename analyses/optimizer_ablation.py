@@ -160,6 +160,10 @@ def run_optimizer_ablation(
                     "train.lr": lr_table[name],
                     "train.max_steps": steps,
                 }
+                warm = base["train"].get("precond_warmup_steps", 20)
+                if name == "precond-sgd" and steps and warm >= steps:
+                    # AdamW warm-up for the whole run would make it AdamW: freeze after a quarter
+                    over["train.precond_warmup_steps"] = max(1, steps // 4)
                 cfg = point_config(base, pdir, **over)
                 if first is not None and not overwrite:
                     prefill_point(first, pdir, cfg, DATA_PARTS, ("base", "teacher"))

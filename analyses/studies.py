@@ -41,8 +41,7 @@ from interp.io import read_json, write_json
 # A short run that a 5-strength sweep on smollm2-135m fits in under 30 minutes on 2 CPU cores
 # (the control is trained once for the whole sweep): 64 constrained number rows of 16 tokens,
 # logit-KL over the digit tokens, full fine-tuning for 16 AdamW steps of 8 rows (2 epochs, 2
-# warm-up steps; precond-sgd freezes its Adam scales after 4), the first 30 questions of each
-# score set.
+# warm-up steps), the first 30 questions of each score set.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "data.n": 64,
@@ -53,7 +52,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.warmup_steps": 2,
         "train.batch_size": 8,
         "train.max_steps": 16,
-        "train.precond_warmup_steps": 4,
         "train.checkpoint_every": 0,
         "eval.n_questions": 30,
         "eval.n_boot": 1000,

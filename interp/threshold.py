@@ -163,7 +163,8 @@ def fit_curves(
 
     Returns the three fits, the preferred model (lowest AIC; the logistic must beat the others
     by `min_delta_aic`), and ``shape``: "sharp" (see the module docstring), "continuous" or
-    "flat". Needs at least 3 finite points; with fewer, ``shape`` is "too few points".
+    "flat". Needs at least 3 finite points; with fewer, ``shape`` is "too few points". The
+    logistic (4 parameters) is only preferred on 5 points or more.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -182,7 +183,10 @@ def fit_curves(
     }
     simple = min(("constant", "linear"), key=lambda m: fits[m]["aic"])
     delta = fits[simple]["aic"] - fits["logistic"]["aic"]
-    preferred = "logistic" if delta >= min_delta_aic else simple
+    # four parameters through four points or fewer fit anything (chi2 -> 0): the logistic only
+    # competes when the curve has more points than it has parameters
+    eligible = x.size > fits["logistic"]["k"]
+    preferred = "logistic" if eligible and delta >= min_delta_aic else simple
     lp = fits["logistic"]["params"]
     gap = local_gap(x, lp["mid"])
     inside = float(np.min(x)) <= lp["mid"] <= float(np.max(x))
@@ -197,6 +201,7 @@ def fit_curves(
         "fits": fits,
         "preferred": preferred,
         "delta_aic_logistic": float(delta),
+        "logistic_eligible": bool(eligible),
         "local_gap": gap,
         "shape": shape,
     }
@@ -317,6 +322,10 @@ def _verdict(r: dict[str, Any], level: float) -> tuple[str, str]:
         "constant": "the level does not change detectably with strength",
         "logistic": "a sigmoid fits best but its rise is wider than the strength spacing",
     }[fit["preferred"]]
+    if not fit.get("logistic_eligible", True):
+        if fit["preferred"] == "linear":
+            how = "a line fits better than a constant"
+        how += f" (only {fit['n_points']} points: a 4-parameter logistic was not compared)"
     return "continuous", (
         f"Continuous transfer, no sharp threshold: {how} (sharp in {b['share_sharp']:.0%} of "
         f"bootstrap refits); {mx}."
