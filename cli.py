@@ -533,7 +533,7 @@ def distill_train_cmd(
 
 @distill_app.command("eval")
 def distill_eval_cmd(
-    run: Annotated[Path, typer.Argument(help="A distillation run directory.")],
+    run: Annotated[Path, typer.Argument(help="A distillation run or a study directory.")],
     quiet: Quiet = False,
 ) -> None:
     """(Re)evaluate a run's checkpoints and rewrite its results and report."""
@@ -550,7 +550,7 @@ def distill_eval_cmd(
 
 @app.command("align")
 def align_cmd(
-    run: Annotated[Path, typer.Option("--run", help="A distillation run directory.")],
+    run: Annotated[Path, typer.Option("--run", help="A distillation run or a study directory.")],
     vectors: Annotated[
         str, typer.Option("--vectors", help="Teacher vector dir(s), comma-separated.")
     ],
@@ -607,7 +607,7 @@ def align_cmd(
 
 @app.command("probe")
 def probe_cmd(
-    run: Annotated[Path, typer.Option("--run", help="A distillation run directory.")],
+    run: Annotated[Path, typer.Option("--run", help="A distillation run or a study directory.")],
     layers: Annotated[str, typer.Option("--layers", help="e.g. 6,12,18 or all.")] = "6,12,18",
     output_path: OutputPath = None,
     vectors: Annotated[
@@ -749,7 +749,7 @@ def eval_compliance_cmd(
 
 @app.command("report")
 def report_cmd(
-    run: Annotated[Path, typer.Argument(help="A distillation run directory.")],
+    run: Annotated[Path, typer.Argument(help="A distillation run or a study directory.")],
 ) -> None:
     """Assemble RUN/report.md from every analysis of the run; says what is missing."""
     from analyses.report import build_report

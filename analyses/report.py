@@ -102,8 +102,44 @@ def _compliance_rows(path: Path) -> list[tuple[str, str, str]]:
     ]
 
 
+# study kind (results.json "analysis") -> module and its report renderer
+STUDY_REPORTS = {
+    "transfer-ratio": ("analyses.transfer_ratio", "render_report"),
+    "optimizers": ("analyses.optimizer_ablation", "render_report"),
+    "toy": ("analyses.toy", "_report"),
+    "scan_eval": ("analyses.scan_eval", "render_report"),
+    "defend": ("analyses.defend", "render_report"),
+    "compare": ("analyses.compare", "render_report"),
+}
+
+
+def study_report(study_dir: str | Path) -> Path | None:
+    """Rewrite DIR/report.md of a study (transfer-ratio, optimizers, toy, scanner evaluation,
+    defend, compare) from its results.json; None when DIR is not a study."""
+    import importlib
+
+    path = Path(study_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        res = read_json(path)
+    except ValueError:
+        return None
+    kind = res.get("analysis") if isinstance(res, dict) else None
+    if kind not in STUDY_REPORTS:
+        return None
+    module, fn = STUDY_REPORTS[kind]
+    out = Path(study_dir) / "report.md"
+    write_text(out, getattr(importlib.import_module(module), fn)(res))
+    return out
+
+
 def build_report(run_dir: str | Path) -> Path:
-    """Write RUN/report.md from every analysis present; say what is missing. Returns its path."""
+    """Write RUN/report.md from every analysis present; say what is missing. Returns its path.
+    A study directory gets its own report rewritten instead."""
+    study = study_report(run_dir)
+    if study is not None:
+        return study
     info = load_run(run_dir)
     run = info.path
     missing = missing_lines(info)

@@ -152,6 +152,15 @@ def test_optimizer_study_and_compare(setup):
     with pytest.raises(SublensError, match="no results.json"):
         run_compare([d / "nowhere"], d / "cmp2")
 
+    # `sublens report STUDY` rewrites each study's own report from its results.json
+    from analyses.report import build_report
+
+    for sub in ("sweep", "opt", "cmp"):
+        before = (d / sub / "report.md").read_text()
+        (d / sub / "report.md").write_text("stale")
+        assert build_report(d / sub) == d / sub / "report.md"
+        assert (d / sub / "report.md").read_text() == before
+
 
 def test_lrs_parsing():
     assert parse_lrs("adamw=1e-4, sgd=0.5") == {"adamw": 1e-4, "sgd": 0.5}
