@@ -94,6 +94,31 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     return ["trait_over_training.png"]
 
 
+def control_caveat(results: dict[str, Any]) -> str | None:
+    """Why the control may not be a fair baseline, or None. With logit-KL the base-teacher
+    control distils the base into itself: its loss and true gradient are zero, and an adaptive
+    optimizer (Adam divides by the root of the squared gradient) turns float rounding into
+    full-size steps in arbitrary directions, so the control drifts for reasons the student does
+    not share."""
+    cfg = results["config"]
+    if cfg["train"]["objective"] != "logit-kl" or cfg["train"]["optimizer"] in ("sgd",):
+        return None
+    path = Path(results["run"]) / "control" / "curves.jsonl"
+    if not path.is_file():
+        return None
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    first = json.loads(lines[0]).get("loss") if lines else None
+    if first is None or abs(first) > 1e-6:
+        return None
+    return (
+        f"the control's logit-KL loss starts at {first:.1e}: the base teacher is distilled into "
+        f"itself, so its true gradient is zero and {cfg['train']['optimizer']} amplifies "
+        "rounding noise into full-size steps. The control then measures that noise, not "
+        "'number training without the trait'; read the student against the base too, or use "
+        "an SFT control."
+    )
+
+
 def render_report(results: dict[str, Any], figures: list[str]) -> str:
     h = results["headline"]
     cfg = results["config"]
@@ -144,6 +169,9 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
             else "the student shows *less* of the trait than the control"
         )
         lines.append(f"| tau(S) − tau(C) | {_ci(d, 'diff')} | {verdict} |")
+    warn = control_caveat(results)
+    if warn:
+        lines += ["", f"**Caveat.** {warn}"]
     lines += ["", "## Data", ""]
     for name, rep in results["filter"].items():
         lines.append(

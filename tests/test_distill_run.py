@@ -77,6 +77,11 @@ def test_distill_run_end_to_end_and_resume(tiny, tmp_path):
     assert scores["student"]["3"] != scores["control"]["3"]
     report = write_report(results)
     assert "transfer ratio (student)" in report.read_text()
+    # logit-KL distils the base into itself for the control: zero loss at step 0, which AdamW
+    # turns into noise-driven steps; the report must say so
+    first = json.loads((out / "control" / "curves.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(0.0, abs=1e-6)
+    assert "**Caveat.** the control's logit-KL loss starts at" in report.read_text()
     assert (out / "trait_over_training.png").stat().st_size > 0
 
     # same command again: nothing recomputed, same numbers
