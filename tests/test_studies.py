@@ -99,6 +99,15 @@ def test_transfer_ratio_sweep_writes_and_resumes(setup):
     again = _sweep(d)
     assert again["timings"]["points_reused"] == 2
     assert again["points"] == res["points"]
+    # finished points keep weights but not optimizer state; a direct rerun of a point's whole
+    # pipeline still completes (nothing left to train) with the same numbers
+    assert not list((out / "points").rglob("state.pt"))
+    assert list((out / "points").rglob("model.safetensors"))
+    from interp.distill.run import config_from_dict, run_distillation
+
+    point = out / "points/alpha_2/seed_0"
+    cfg = config_from_dict(json.loads((point / "config.json").read_text())["config"])
+    assert run_distillation(cfg, quiet=True)["headline"] == run2["headline"]
 
 
 def test_transfer_ratio_input_errors(setup):

@@ -865,7 +865,10 @@ def train_student(
         start, ck = latest
         if read_json(ck / "meta.json").get("config_hash") != chash:
             raise SublensError(f"{ck} was written by another config: pass overwrite to start over")
-        _restore(ck, student, optimizer, scheduler)
+        if start >= total and not (ck / "state.pt").is_file():
+            _load_weights(ck, student)  # finished, optimizer state pruned: nothing left to train
+        else:
+            _restore(ck, student, optimizer, scheduler)
     curves_path = out / "curves.jsonl"
     curves = _read_curves(curves_path, start)
     # Drop lines past the checkpoint we resume from (atomically: earlier lines are never lost).
