@@ -31,7 +31,7 @@ import numpy as np
 
 from interp.distill.optimizers import OPTIMIZERS
 from interp.errors import SublensError
-from interp.io import atomic_path, git_commit, package_versions, write_json, write_text
+from interp.io import atomic_path, git_commit, package_versions, read_json, write_json, write_text
 
 from .studies import (
     base_config,
@@ -459,8 +459,15 @@ def render_report(results: dict[str, Any]) -> str:
     cfg = results["config"]
     rc = cfg["run_config"]
     t = rc["teacher"]
+    # the run config is the base before per-point overrides: the study's own alpha/layers win
+    alpha = cfg["alpha"] if cfg.get("alpha") is not None else t["alpha"]
+    layers = cfg.get("layers") or t.get("layers")
     teacher = (
-        f"steered (vector `{cfg['vector']}`, alpha {t['alpha']})" if cfg["vector"] else t["kind"]
+        f"steered (vector `{cfg['vector']}`, alpha {alpha:g}"
+        + (f", layers {layers}" if layers else "")
+        + ")"
+        if cfg["vector"]
+        else t["kind"]
     )
     match = (
         f" (match-loss on: steps doubled up to {cfg['max_steps_factor']}×)"
@@ -511,6 +518,7 @@ def render_report(results: dict[str, Any]) -> str:
         "An optimizer whose loss is not matched cannot be compared on transfer: raise its "
         "learning rate (--lrs) or steps (--match-loss). Student and control are trained with "
         "the same optimizer, so 'beyond control' removes that optimizer's own drift.",
+        *_control_caveats(results),
         "",
         "## Figures",
         "",
@@ -519,3 +527,25 @@ def render_report(results: dict[str, Any]) -> str:
         f"Timings: {json.dumps(results.get('timings', {}))}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _control_caveats(results: dict[str, Any]) -> list[str]:
+    """Optimizers whose logit-KL control distilled the base into itself (zero loss, so an
+    adaptive optimizer's control moved on rounding noise): their 'beyond control' is unreliable."""
+    from analyses.distill import control_caveat
+
+    hit = []
+    for name, r in results["optimizers"].items():
+        for run in r.get("runs", []):
+            path = Path(run) / "results.json"
+            if path.is_file() and control_caveat(read_json(path)):
+                hit.append(name)
+                break
+    if not hit:
+        return []
+    return [
+        "",
+        f"**Caveat:** the controls of {', '.join(hit)} started at zero logit-KL loss (the base "
+        "teacher distilled into itself), so these adaptive optimizers moved them on rounding "
+        "noise; read their students against the base (the transfer ratio), not the control.",
+    ]
