@@ -114,8 +114,8 @@ def control_caveat(results: dict[str, Any]) -> str | None:
         f"the control's logit-KL loss starts at {first:.1e}: the base teacher is distilled into "
         f"itself, so its true gradient is zero and {cfg['train']['optimizer']} amplifies "
         "rounding noise into full-size steps. The control then measures that noise, not "
-        "'number training without the trait'; read the student against the base too, or use "
-        "an SFT control."
+        "'number training without the trait'; read the student against the base too, or give "
+        "the control a neutral prompt (data.control_system_prompt)."
     )
 
 

@@ -7,8 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from analyses.distill import write_report
-from interp.distill.run import _scores, load_run_config, run_distillation, transfer_ratio
+from analyses.distill import control_caveat, write_report
+from interp.distill.run import (
+    _scores,
+    load_run_config,
+    run_distillation,
+    run_hash,
+    transfer_ratio,
+)
 from interp.distill.train import load_student
 from interp.errors import SublensError
 from interp.traits import get_trait
@@ -117,3 +123,24 @@ def test_transfer_ratio_ci_matches_definition():
     r = transfer_ratio(s.tolist(), m.tolist(), t.tolist(), n_boot=500)
     assert r["ratio"] == pytest.approx(0.25)
     assert r["ci_low"] == pytest.approx(0.25) and r["ci_high"] == pytest.approx(0.25)
+
+
+def test_neutral_control_prompt_gives_the_control_a_real_gradient(tiny, tmp_path):
+    """With logit-KL the unprompted-base control has zero loss (checked in the end-to-end test);
+    a neutral control prompt makes its loss and gradient non-zero, and the caveat goes away."""
+    cfg = _cfg(
+        tmp_path,
+        **{"data.control_system_prompt": "You are a helpful assistant.", "train.max_steps": 1},
+    )
+    results = run_distillation(cfg, quiet=True)
+    out = tmp_path / "run"
+    first = json.loads((out / "control" / "curves.jsonl").read_text().splitlines()[0])
+    assert first["loss"] > 1e-6 and first["grad_norm"] > 1e-4
+    meta = json.loads((out / "data" / "control.raw.jsonl.meta.json").read_text())
+    assert meta["config"]["teacher"]["system_prompt"] == "You are a helpful assistant."
+    assert control_caveat(results) is None
+    # the default config's hash is unchanged by the new key (old runs still resume)
+    now = _cfg(tmp_path).to_dict()
+    before = {**now, "data": {k: v for k, v in now["data"].items() if k != "control_system_prompt"}}
+    assert "control_system_prompt" in now["data"] and run_hash(now) == run_hash(before)
+    assert run_hash(cfg.to_dict()) != run_hash(now)

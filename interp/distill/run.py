@@ -75,6 +75,11 @@ class DataSpec:
     paraphrase: bool = False  # rewrite responses canonically (teacher and control data); SFT only
     drop_flagged: str | None = None  # a scanner's rows.jsonl for the teacher's filtered data
     drop_fallback_top: float = 0.1  # share dropped by score when the scanner flagged no row
+    # The control's teacher: the unprompted base (None) or the base with this neutral prompt.
+    # With logit-KL the unprompted base distils into itself (zero loss and gradient, which
+    # Adam-family optimizers turn into noise-driven steps); a neutral prompt gives the control a
+    # real, trait-free gradient of comparable size.
+    control_system_prompt: str | None = None
 
 
 @dataclass
@@ -148,6 +153,7 @@ DATA_DEFENSE_DEFAULTS: dict[str, Any] = {
     "paraphrase": False,
     "drop_flagged": None,
     "drop_fallback_top": 0.1,
+    "control_system_prompt": None,
 }
 
 
@@ -286,7 +292,11 @@ def run_distillation(
     trait = get_trait(cfg.trait)
     loaded = load_model(cfg.model, device=cfg.device)
     teacher = make_teacher(loaded, cfg, trait)
-    control_teacher = Teacher(loaded, kind="base")
+    control_teacher = (
+        Teacher(loaded, kind="prompted", system_prompt=cfg.data.control_system_prompt)
+        if cfg.data.control_system_prompt
+        else Teacher(loaded, kind="base")
+    )
     domain = get_domain(cfg.data.domain)
     d = cfg.data
     data_dir = out / "data"
