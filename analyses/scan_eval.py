@@ -452,12 +452,17 @@ def findings(auroc: dict[str, Any], fpr: dict[str, Any], alpha: float) -> list[s
         b = per[best]
         if b["auroc"] is None:
             continue
-        sep = b["ci_low"] > 0.5 and b["p_value"] < 0.05
+        # picking the best of several detectors after looking is a multiple comparison:
+        # the claim uses the Bonferroni-adjusted p
+        n_det = sum(1 for v in per.values() if v["auroc"] is not None)
+        p_adj = min(1.0, b["p_value"] * n_det)
+        sep = b["ci_low"] > 0.5 and p_adj < 0.05
         what = "library traits" if group == "library" else "held-out traits"
         out.append(
             f"{what}: best detector {best}, AUROC {b['auroc']:.2f} [{b['ci_low']:.2f}, "
-            f"{b['ci_high']:.2f}], p = {b['p_value']:.2g} against chance, over {b['n_pos']} "
-            f"biased vs {b['n_neg']} unbiased datasets — "
+            f"{b['ci_high']:.2f}], p = {b['p_value']:.2g} against chance ({p_adj:.2g} after "
+            f"choosing the best of {n_det} detectors), over {b['n_pos']} biased vs "
+            f"{b['n_neg']} unbiased datasets — "
             + ("separated from chance." if sep else "not told apart from chance.")
         )
     high = [k for k, v in fpr.items() if v["fpr"] is not None and v["fpr"] > 2 * alpha + 0.25]
