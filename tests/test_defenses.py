@@ -158,7 +158,7 @@ def test_config_hash_differs_per_defense(tiny, tmp_path):
     old = json.loads(json.dumps(resolved))
     for key in ("project_out", "mask_divergent", "init_from"):
         old["train"].pop(key)
-    for key in ("paraphrase", "drop_flagged", "drop_fallback_top"):
+    for key in ("paraphrase", "drop_flagged", "drop_fallback_top", "control_system_prompt"):
         old["data"].pop(key)
     old = {k: v for k, v in old.items() if k not in ("output_path", "device")}
     assert run_hash(resolved) == config_hash(old)
