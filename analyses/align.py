@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from analyses.figures import save_png
 from interp.alignment import (
     AlignmentCI,
     PromptDrift,
@@ -57,7 +58,6 @@ from interp.alignment import (
 from interp.caching import ActivationCache, cache_activations, load_cache
 from interp.errors import SublensError
 from interp.io import (
-    atomic_path,
     config_hash,
     git_commit,
     package_versions,
@@ -484,10 +484,7 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> str:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    _plt().close(fig)
-    return path.name
+    return save_png(fig, path, dpi=110)
 
 
 def _entries(results: dict[str, Any], **match: Any) -> list[dict[str, Any]]:

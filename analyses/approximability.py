@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from analyses.figures import save_png
 from interp.errors import SublensError
 from interp.fitting import (
     DEFAULT_KL_STEPS,
@@ -428,8 +429,6 @@ def write_figures(summary: dict[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from interp.io import atomic_path
-
     traits = summary["ranking"]
     layers = summary["layers"]
     methods = [m.strip() for m in summary["config"]["methods"].split(",") if m.strip()]
@@ -472,10 +471,7 @@ def write_figures(summary: dict[str, Any], out: Path) -> list[str]:
         fontsize=10,
     )
     fig.tight_layout()
-    with atomic_path(out / "approximability_heatmap.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    names.append("approximability_heatmap.png")
+    names.append(save_png(fig, out / "approximability_heatmap.png"))
 
     n = len(traits)
     cols = min(n, 4)
@@ -527,10 +523,7 @@ def write_figures(summary: dict[str, Any], out: Path) -> list[str]:
         fontsize=10,
     )
     fig.tight_layout()
-    with atomic_path(out / "score_vs_alpha.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    names.append("score_vs_alpha.png")
+    names.append(save_png(fig, out / "score_vs_alpha.png"))
     return names
 
 

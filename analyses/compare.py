@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from analyses.figures import save_png
 from interp.errors import SublensError
-from interp.io import atomic_path, git_commit, package_versions, read_json, write_json, write_text
+from interp.io import git_commit, package_versions, read_json, write_json, write_text
 
 from .studies import fmt, fmt_ci
 
@@ -177,10 +178,7 @@ def _figure(runs: list[str | Path], rows: list[dict[str, Any]], out: Path) -> li
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(out / "compare_transfer_ratio.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return ["compare_transfer_ratio.png"]
+    return [save_png(fig, out / "compare_transfer_ratio.png")]
 
 
 def render_report(results: dict[str, Any]) -> str:

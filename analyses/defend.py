@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from analyses.figures import save_png
 from interp.distill.defenses import DEFENSES
 from interp.errors import SublensError
 from interp.io import (
-    atomic_path,
     config_hash,
     git_commit,
     package_versions,
@@ -749,10 +749,7 @@ def write_figure(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_title(_wrap(claim, 70), fontsize=9)
     fig.suptitle(f"{results['model']}: defenses against subliminal transfer ({results['trait']})")
     fig.tight_layout()
-    with atomic_path(out / "defend.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return ["defend.png"]
+    return [save_png(fig, out / "defend.png")]
 
 
 def _wrap(text: str, width: int) -> str:

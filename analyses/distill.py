@@ -7,8 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from analyses.figures import save_png
 from interp.distill.run import RunConfig, run_distillation
-from interp.io import atomic_path, write_text
+from interp.io import write_text
 
 
 def _fmt(x: float | None, nd: int = 4) -> str:
@@ -88,10 +89,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     ax2.set_title("Both students fit their data alike", fontsize=10)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(out / "trait_over_training.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return ["trait_over_training.png"]
+    return [save_png(fig, out / "trait_over_training.png")]
 
 
 def control_caveat(results: dict[str, Any]) -> str | None:

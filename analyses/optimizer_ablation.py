@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from analyses.figures import save_png
 from interp.distill.optimizers import OPTIMIZERS
 from interp.errors import SublensError
-from interp.io import atomic_path, git_commit, package_versions, read_json, write_json, write_text
+from interp.io import git_commit, package_versions, read_json, write_json, write_text
 
 from .studies import (
     base_config,
@@ -449,10 +450,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     ax2.legend(fontsize=7)
     fig.suptitle(f"{results['model']}: optimizer ablation ({results['trait']})", fontsize=10)
     fig.tight_layout()
-    with atomic_path(out / "optimizers.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return ["optimizers.png"]
+    return [save_png(fig, out / "optimizers.png")]
 
 
 def render_report(results: dict[str, Any]) -> str:

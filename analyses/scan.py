@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from analyses.figures import save_png
 from interp.errors import SublensError
 from interp.io import (
-    atomic_path,
     config_hash,
     git_commit,
     package_versions,
@@ -46,6 +46,7 @@ from interp.scan import (
 )
 from interp.steering import SteeringVector
 
+from .studies import fmt as _f
 from .studies import say_fn
 
 DETECTOR_LABELS = {
@@ -343,14 +344,7 @@ def write_figure(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_title(claim(results), fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    with atomic_path(out / "scores.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return ["scores.png"]
-
-
-def _f(x: float | None, nd: int = 3) -> str:
-    return "–" if x is None else f"{x:.{nd}g}"
+    return [save_png(fig, out / "scores.png")]
 
 
 def render_report(results: dict[str, Any]) -> str:

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from analyses.figures import save_png
 from interp.errors import SublensError
 from interp.io import (
-    atomic_path,
     config_hash,
     git_commit,
     package_versions,
@@ -48,6 +48,7 @@ from interp.io import (
 from interp.scan import DETECTORS, MIN_ROWS, REFERENCE_SEED_OFFSET
 
 from .scan import DETECTOR_LABELS
+from .studies import fmt as _f
 from .studies import say_fn
 
 GROUPS = ("library", "heldout")
@@ -528,14 +529,7 @@ def write_figure(results: dict[str, Any], out: Path) -> list[str]:
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(_title(results), fontsize=9)
     fig.tight_layout()
-    with atomic_path(out / "roc.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return ["roc.png"]
-
-
-def _f(x: float | None, nd: int = 3) -> str:
-    return "–" if x is None else f"{x:.{nd}g}"
+    return [save_png(fig, out / "roc.png")]
 
 
 def render_report(results: dict[str, Any]) -> str:

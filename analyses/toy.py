@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from analyses.figures import save_png
 from interp.errors import SublensError
-from interp.io import atomic_path, git_commit, package_versions, write_json, write_text
+from interp.io import git_commit, package_versions, write_json, write_text
 from interp.stats import mean_ci, paired_bootstrap
 from interp.toy import CHANCE, CONDITIONS, ToyConfig, run_experiment
 
@@ -190,9 +191,7 @@ def plot_accuracy(summary: dict[str, Any], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10.5)
     ax.grid(axis="y", color="0.85", linewidth=0.6, zorder=0)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
-    plt.close(fig)
+    save_png(fig, path, dpi=150)
 
 
 def _report(results: dict[str, Any]) -> str:

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from analyses.figures import save_png
 from interp.errors import SublensError
-from interp.io import atomic_path, git_commit, package_versions, read_json, write_json, write_text
+from interp.io import git_commit, package_versions, read_json, write_json, write_text
 from interp.threshold import detect_threshold
 
 from .studies import (
@@ -346,10 +347,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     ax2.legend(fontsize=7)
     fig.suptitle(f"{results['model']}: transfer vs steering strength", fontsize=10)
     fig.tight_layout()
-    with atomic_path(out / "transfer_ratio.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return ["transfer_ratio.png"]
+    return [save_png(fig, out / "transfer_ratio.png")]
 
 
 def render_report(results: dict[str, Any]) -> str:

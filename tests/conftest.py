@@ -8,6 +8,22 @@ import torch
 from interp.models import load_model
 
 
+def run_cli(monkeypatch, capsys, *args):
+    """(exit code, stdout, stderr) of `sublens ARGS` run in-process; imported by the CLI tests."""
+    import sys
+
+    import cli
+
+    monkeypatch.setattr(sys, "argv", ["sublens", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 @pytest.fixture(scope="session")
 def tiny():
     return load_model("tiny-llama", device="cpu")

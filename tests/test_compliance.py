@@ -7,13 +7,12 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
-import cli
 import interp.generation as generation
 from analyses.compliance import ComplianceConfig, run_compliance, write_compliance_trait
 from analyses.report import build_report
@@ -88,17 +87,6 @@ def setup(tiny, tmp_path_factory):
     cfg = load_run_config(d / "run.toml", {"output_path": str(d / "run")})
     run_distillation(cfg, quiet=True)
     return d
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["sublens", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_trait_file_round_trips(setup, tmp_path, monkeypatch, capsys):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
-import cli
 from analyses.defend import DEFENSE_NAMES, NO_INIT, defense_overrides, run_defend
 from analyses.report import build_report
 from analyses.studies import _run_hash, base_config, point_config
@@ -381,16 +381,6 @@ def test_run_defend_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
     assert "](defend/defend.png)" in report and res["recommendation"] in report
 
 
-def _cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["sublens", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     "extra, needle",
     [
@@ -403,7 +393,7 @@ def test_defend_bad_input_is_one_line_exit_2(tiny, monkeypatch, capsys, tmp_path
     (tmp_path / "run.toml").write_text(TOML)
     wrong = _vector(tmp_path / "wrong", {1: 0}, d_model=32)
     extra = [str(wrong) if a == "WRONG" else a for a in extra]
-    code, err = _cli(
+    code, _, err = run_cli(
         monkeypatch,
         capsys,
         "defend",

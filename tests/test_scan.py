@@ -6,13 +6,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
-import cli
 from interp.backends import decoder_layers
 from interp.distill import Teacher
 from interp.distill.targets import completion_positions
@@ -155,17 +154,6 @@ def test_planted_bias_is_found_and_clean_data_is_not(tiny, planted):
     for res in (biased, clean):  # reference rows are standardised on themselves
         ref_scores = np.array(res["reference_rows"]["score"])
         assert abs(ref_scores.mean()) < 1e-9 and abs(ref_scores.std(ddof=1) - 1) < 1e-9
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["sublens", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_scan_cli_writes_rows_and_reuses(monkeypatch, capsys, planted):
