@@ -895,9 +895,14 @@ def study_transfer_ratio_cmd(
             f"alpha {p['alpha']:g}: teacher {p['tau_teacher']['value']:.4f}  student "
             f"{p['tau_student']['value']:.4f}  control {p['tau_control']['value']:.4f}  ratio "
             + (f"{r['value']:.3f}" if r["value"] is not None else "undefined")
+            + ("" if p["teacher_gain_resolved"] or r["value"] is None else " (teacher gain ≤ 0)")
         )
     typer.echo("transfer ratio: " + res["threshold"]["transfer_ratio"]["sentence"])
     typer.echo("student − control: " + res["threshold"]["student_minus_control"]["sentence"])
+    if "student_minus_alpha0" in res["threshold"]:
+        typer.echo(
+            "student − alpha-0 student: " + res["threshold"]["student_minus_alpha0"]["sentence"]
+        )
     typer.echo(f"report: {Path(out) / 'report.md'}")
 
 

@@ -60,6 +60,7 @@ def _row(res: dict[str, Any]) -> dict[str, Any]:
             .get("mid"),
             midpoint_ci=thr["bootstrap"]["mid_ci"],
             gain_verdict=res["threshold"]["student_minus_control"]["verdict"],
+            alpha0_verdict=(res["threshold"].get("student_minus_alpha0") or {}).get("verdict"),
             per_alpha={
                 f"{p['alpha']:g}": {
                     "transfer_ratio": p["transfer_ratio"],
@@ -190,10 +191,11 @@ def render_report(results: dict[str, Any]) -> str:
         lines += [
             "## Transfer ratio vs steering strength",
             "",
-            "| model | trait | verdict | max ratio [95% CI] | logistic midpoint [CI] | "
+            "| model | trait | verdict | student − control | student − α=0 student | "
+            "max ratio [95% CI] | logistic midpoint [CI] | "
             + " | ".join(f"ratio α={a}" for a in alphas)
             + " |",
-            "|---|---|---|---|---|" + "---|" * len(alphas),
+            "|---|---|---|---|---|---|---|" + "---|" * len(alphas),
         ]
         for r in sweeps:
             m = r["maximum"]
@@ -209,9 +211,8 @@ def render_report(results: dict[str, Any]) -> str:
                 for a in alphas
             ]
             lines.append(
-                f"| {r['model']} | {r['trait']} | {r['verdict']} | {mx} | {mid} | "
-                + " | ".join(cells)
-                + " |"
+                f"| {r['model']} | {r['trait']} | {r['verdict']} | {r['gain_verdict']} | "
+                f"{r.get('alpha0_verdict') or '–'} | {mx} | {mid} | " + " | ".join(cells) + " |"
             )
         lines += ["", *[f"- {r['model']}: {r['sentence']}" for r in sweeps], ""]
     opts = [r for r in rows if r["analysis"] == "optimizers"]

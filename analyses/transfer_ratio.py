@@ -35,6 +35,7 @@ from .studies import (
     base_config,
     fmt,
     fmt_ci,
+    interval,
     point_config,
     prefill_point,
     resample_counts,
@@ -206,7 +207,34 @@ def summarise_sweep(
         max_refits=max_refits,
         what="student − control score",
     )
-    # student gain against the teacher's gain: does the student follow the teacher in proportion?
+    thresholds = {"transfer_ratio": thr_ratio, "student_minus_control": thr_gain}
+    if 0.0 in reps:
+        # The alpha-0 student went through the same pipeline with an unsteered teacher: the
+        # control that differs from the others in the steering alone. Paired replicates (the
+        # same seeds and questions at every strength) give the difference's interval.
+        s0 = arrays[0.0]["tau_student"].mean()
+        for p in points:
+            a = p["alpha"]
+            diff = float(arrays[a]["tau_student"].mean() - s0)
+            rdiff = reps[a]["tau_student"] - reps[0.0]["tau_student"]
+            p["student_minus_alpha0"] = interval(diff, rdiff)
+            tg = p["teacher_gain"]["value"]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                p["transfer_ratio_vs_alpha0"] = (
+                    interval(diff / tg, rdiff / reps[a]["teacher_gain"])
+                    if p["teacher_gain_resolved"] and tg
+                    else {"value": None, "ci_low": None, "ci_high": None}
+                )
+        steered = [a for a in alphas if a != 0.0]
+        thresholds["student_minus_alpha0"] = detect_threshold(
+            np.array(steered, dtype=np.float64),
+            np.array([_v(p, "student_minus_alpha0") for p in points if p["alpha"] != 0.0]),
+            np.stack([reps[a]["tau_student"] - reps[0.0]["tau_student"] for a in steered], axis=1)
+            if steered
+            else np.zeros((n_boot, 0)),
+            max_refits=max_refits,
+            what="student − alpha-0 student score",
+        )
     return {
         "analysis": "transfer-ratio",
         "n_questions": int(n_q),
@@ -214,7 +242,7 @@ def summarise_sweep(
         "ci": "95% percentile bootstrap over seeds (when several) and questions, paired across "
         "strengths",
         "points": points,
-        "threshold": {"transfer_ratio": thr_ratio, "student_minus_control": thr_gain},
+        "threshold": thresholds,
         "model": runs[alphas[0]][0]["config"]["model"],
         "trait": runs[alphas[0]][0]["trait"],
     }
@@ -350,6 +378,41 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     return [save_png(fig, out / "transfer_ratio.png")]
 
 
+def _alpha0_lines(results: dict[str, Any]) -> list[str]:
+    """The within-sweep control's verdict, and a warning when the control does not match it."""
+    thr = results["threshold"].get("student_minus_alpha0")
+    if thr is None:
+        return []
+    out = [f"- Student − alpha-0 student vs alpha: **{thr['verdict']}**. {thr['sentence']}"]
+    p0 = next((p for p in results["points"] if p["alpha"] == 0), None)
+    g = p0["student_gain"] if p0 else None
+    if g and g["ci_low"] is not None and (g["ci_low"] > 0 or g["ci_high"] < 0):
+        best = max(
+            (p for p in results["points"] if p["transfer_ratio_vs_alpha0"]["value"] is not None),
+            key=lambda p: p["transfer_ratio_vs_alpha0"]["value"],
+            default=None,
+        )
+        out.append(
+            f"- **The alpha-0 student moved without any steering:** its score changed by "
+            f"{fmt_ci(g)} from the base's, so every transfer ratio above includes that drift. "
+            "With it removed, (τS − τS(alpha 0)) / (τT − τM0) is at most "
+            + (
+                f"{fmt_ci(best['transfer_ratio_vs_alpha0'])} (alpha {best['alpha']:g})."
+                if best
+                else "undefined (no resolved teacher gain)."
+            )
+        )
+    d = p0["student_minus_control"] if p0 else None
+    if d and d["ci_low"] is not None and (d["ci_low"] > 0 or d["ci_high"] < 0):
+        out.append(
+            f"- **The control does not match the alpha-0 student:** at alpha 0 the teacher is "
+            f"the base, yet student − control is {fmt_ci(d)}. That gap comes from the pipeline "
+            "(teacher data, loss, optimizer), not from the trait, so read transfer against the "
+            "alpha-0 student rather than against the control."
+        )
+    return out
+
+
 def render_report(results: dict[str, Any]) -> str:
     cfg = results["config"]
     rc = cfg["run_config"]
@@ -370,12 +433,14 @@ def render_report(results: dict[str, Any]) -> str:
         f"{thr['transfer_ratio']['sentence']}",
         f"- Student − control vs alpha: **{thr['student_minus_control']['verdict']}**. "
         f"{thr['student_minus_control']['sentence']}",
+        *_alpha0_lines(results),
         "",
         "## Per strength",
         "",
         "| alpha | τ teacher | τ student | τ control | transfer ratio | ratio beyond control "
-        "| τS − τC | teacher gain resolved | teacher neg / off-topic |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| τS − τC | τS − τS(alpha 0) | ratio beyond alpha-0 student | teacher gain resolved "
+        "| teacher neg / off-topic |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in results["points"]:
         off = p["teacher_offtarget"]
@@ -383,6 +448,8 @@ def render_report(results: dict[str, Any]) -> str:
             f"| {p['alpha']:g} | {fmt_ci(p['tau_teacher'])} | {fmt_ci(p['tau_student'])} | "
             f"{fmt_ci(p['tau_control'])} | {fmt_ci(p['transfer_ratio'])} | "
             f"{fmt_ci(p['transfer_ratio_vs_control'])} | {fmt_ci(p['student_minus_control'])} | "
+            f"{fmt_ci(p.get('student_minus_alpha0'))} | "
+            f"{fmt_ci(p.get('transfer_ratio_vs_alpha0'))} | "
             f"{'yes' if p['teacher_gain_resolved'] else 'no'} | "
             f"{fmt(off['negative'])} / {fmt(off['offtopic'])} |"
         )

@@ -11,7 +11,7 @@ import torch
 from analyses.compare import run_compare
 from analyses.optimizer_ablation import parse_lrs, run_optimizer_ablation
 from analyses.studies import replicate_means, resample_counts
-from analyses.transfer_ratio import run_transfer_ratio
+from analyses.transfer_ratio import render_report, run_transfer_ratio
 from interp.errors import SublensError
 from interp.steering import SteeringVector
 
@@ -95,6 +95,25 @@ def test_transfer_ratio_sweep_writes_and_resumes(setup):
         "no transfer detectable",
     )
     assert "## Verdict" in (out / "report.md").read_text()
+    # the within-sweep control: each student against the alpha-0 student, paired
+    assert p0["student_minus_alpha0"]["value"] == pytest.approx(0.0, abs=1e-12)
+    assert p2["student_minus_alpha0"]["value"] == pytest.approx(
+        p2["tau_student"]["value"] - p0["tau_student"]["value"]
+    )
+    assert p0["transfer_ratio_vs_alpha0"]["value"] is None
+    assert p2["teacher_gain_resolved"]
+    assert p2["transfer_ratio_vs_alpha0"]["value"] == pytest.approx(
+        p2["student_minus_alpha0"]["value"] / p2["teacher_gain"]["value"]
+    )
+    # here the control *is* the alpha-0 student (unprompted base, same seed): no mismatch note
+    assert p2["student_minus_alpha0"] == p2["student_minus_control"]
+    assert res["threshold"]["student_minus_alpha0"]["x"] == [2.0]
+    assert "does not match the alpha-0 student" not in render_report({**saved, **res})
+    off = {**p0, "student_minus_control": {"value": 1e-4, "ci_low": 5e-5, "ci_high": 2e-4}}
+    mismatched = {**saved, **res, "points": [off, p2]}
+    assert "does not match the alpha-0 student" in render_report(mismatched)
+    moved = {**p0, "student_gain": {"value": 1e-4, "ci_low": 5e-5, "ci_high": 2e-4}}
+    assert "moved without any steering" in render_report({**saved, **res, "points": [moved, p2]})
     # rerun: every point reused, same numbers
     again = _sweep(d)
     assert again["timings"]["points_reused"] == 2
@@ -158,6 +177,7 @@ def test_optimizer_study_and_compare(setup):
     assert kinds == ["transfer-ratio", "optimizers"]
     text = (d / "cmp/report.md").read_text()
     assert "tiny-llama" in text and "adamw" in text and "ratio α=2" in text
+    assert cmp["rows"][0]["alpha0_verdict"] == cmp["rows"][0]["gain_verdict"]  # same students
     with pytest.raises(SublensError, match="no results.json"):
         run_compare([d / "nowhere"], d / "cmp2")
 
