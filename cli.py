@@ -720,7 +720,7 @@ def eval_compliance_cmd(
 ) -> None:
     """Phrase, refusal-direction and (optional) judge compliance of base, teacher, student and
     control, with transfer ratios per scorer; resumable."""
-    from analyses.compliance import ComplianceConfig, run_compliance
+    from analyses.compliance import ComplianceConfig, gain_resolved, run_compliance
 
     cfg = ComplianceConfig(
         n_samples=n_samples,
@@ -743,6 +743,8 @@ def eval_compliance_cmd(
             sc, r = p["scores"][s], p["ratios"][s]["transfer_ratio"]["value"]
             vals = "  ".join(f"{role} {sc[role]['value']:.4g}" for role in sc)
             ratio = "undefined" if r is None else f"{r:.3f}"
+            if r is not None and not gain_resolved(p["ratios"][s]["teacher_gain"]):
+                ratio += " (teacher − base unresolved)"
             typer.echo(f"{p['point']} {s}: {vals}  ratio {ratio}")
     typer.echo(f"report: {target / 'compliance' / 'report.md'}")
 

@@ -677,6 +677,31 @@ def _clip(text: str, n: int = 140) -> str:
     return one if len(one) <= n else one[: n - 1] + "…"
 
 
+def gain_resolved(gain: dict[str, Any]) -> bool:
+    """Whether the teacher's change from the base has an interval clear of zero: a ratio over
+    an unresolved gain divides by noise (a one-prompt gain gave a 'ratio' of 1 [1, 1])."""
+    lo, hi = gain.get("ci_low"), gain.get("ci_high")
+    return lo is not None and hi is not None and (lo > 0 or hi < 0)
+
+
+def _ceiling_lines(results: dict[str, Any], ceiling: float = 0.9) -> list[str]:
+    """A bounded scorer (share complying, judge P(yes)) whose base is already near 1 cannot show
+    a teacher, let alone a student, complying more: say so instead of reporting its ratio bare."""
+    out = []
+    for s in ("phrase", "judge"):
+        if s not in results["scorers"]:
+            continue
+        base = [p["scores"][s]["base"]["value"] for p in results["points"]]
+        top = max((b for b in base if b is not None), default=None)
+        if top is not None and top >= ceiling:
+            out.append(
+                f"**Ceiling:** the base already scores {top:.2f} on {s} ({results['scorers'][s]}"
+                "): this model barely refuses these prompts, so that scorer has almost no room "
+                "to show transfer — use prompts it refuses, or read the projection."
+            )
+    return ["", *out] if out else []
+
+
 def render_report(results: dict[str, Any]) -> str:
     """report.md: one table of scorer × role (per point in a study), then the ratios."""
     c = results["config"]
@@ -715,11 +740,13 @@ def render_report(results: dict[str, Any]) -> str:
     for p in results["points"]:
         for s in results["scorers"]:
             r = p["ratios"][s]
+            flag = "" if gain_resolved(r["teacher_gain"]) else " (T − M0 unresolved)"
             lines.append(
-                f"| {p['point']} | {s} | {fmt_ci(r['transfer_ratio'])} | "
-                f"{fmt_ci(r['transfer_ratio_vs_control'])} | {fmt_ci(r['teacher_gain'])} | "
+                f"| {p['point']} | {s} | {fmt_ci(r['transfer_ratio'])}{flag} | "
+                f"{fmt_ci(r['transfer_ratio_vs_control'])}{flag} | {fmt_ci(r['teacher_gain'])} | "
                 f"{fmt_ci(r['student_minus_control'])} |"
             )
+    lines += _ceiling_lines(results)
     lines += [
         "",
         "How to read it: phrase and judge rise with compliance, the projection falls (less "

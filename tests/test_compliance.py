@@ -15,6 +15,7 @@ from conftest import run_cli
 
 import interp.generation as generation
 from analyses.compliance import ComplianceConfig, run_compliance, write_compliance_trait
+from analyses.compliance import render_report as render_compliance_report
 from analyses.report import build_report
 from interp.chat import ChatFormat
 from interp.distill.run import load_run_config, run_distillation
@@ -197,6 +198,18 @@ def test_eval_compliance_on_a_run(setup, tiny, monkeypatch):
     assert len(rows) == 2 + 3 and len({ln.count("|") for ln in rows}) == 1  # scorers × roles
     saved = json.loads((run / "compliance" / "results.json").read_text())
     assert saved["versions"]["torch"] and "total_s" in saved["timings"]
+    # a ratio over a teacher gain whose CI straddles 0 is flagged; a saturated base is named
+    pt = json.loads(json.dumps(point))
+    pt["ratios"]["phrase"]["teacher_gain"] = {"value": 0.02, "ci_low": 0.0, "ci_high": 0.06}
+    pt["scores"]["phrase"]["base"]["value"] = 0.98
+    flagged = render_compliance_report({**saved, "points": [pt]})
+    assert "(T − M0 unresolved)" in flagged.split("| phrase |")[1].splitlines()[0]
+    assert "**Ceiling:** the base already scores 0.98 on phrase" in flagged
+    pt["ratios"]["phrase"]["teacher_gain"] = {"value": 0.5, "ci_low": 0.3, "ci_high": 0.7}
+    pt["scores"]["phrase"]["base"]["value"] = 0.4
+    clean = render_compliance_report({**saved, "points": [pt]})
+    assert "scores 0.4 on phrase" not in clean and "on phrase (" not in clean
+    assert "unresolved" not in clean.split("| phrase |")[1].splitlines()[0]
 
     # rerun: every role cached, nothing sampled; a new judge scores the saved answers only
     monkeypatch.setattr(generation, "sample_responses", _no_sampling)
