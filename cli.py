@@ -720,7 +720,8 @@ def eval_compliance_cmd(
 ) -> None:
     """Phrase, refusal-direction and (optional) judge compliance of base, teacher, student and
     control, with transfer ratios per scorer; resumable."""
-    from analyses.compliance import ComplianceConfig, gain_resolved, run_compliance
+    from analyses.compliance import ComplianceConfig, run_compliance
+    from analyses.studies import excludes_zero
 
     cfg = ComplianceConfig(
         n_samples=n_samples,
@@ -743,7 +744,7 @@ def eval_compliance_cmd(
             sc, r = p["scores"][s], p["ratios"][s]["transfer_ratio"]["value"]
             vals = "  ".join(f"{role} {sc[role]['value']:.4g}" for role in sc)
             ratio = "undefined" if r is None else f"{r:.3f}"
-            if r is not None and not gain_resolved(p["ratios"][s]["teacher_gain"]):
+            if r is not None and not excludes_zero(p["ratios"][s]["teacher_gain"]):
                 ratio += " (teacher − base unresolved)"
             typer.echo(f"{p['point']} {s}: {vals}  ratio {ratio}")
     typer.echo(f"report: {target / 'compliance' / 'report.md'}")
@@ -897,7 +898,7 @@ def study_transfer_ratio_cmd(
             f"alpha {p['alpha']:g}: teacher {p['tau_teacher']['value']:.4f}  student "
             f"{p['tau_student']['value']:.4f}  control {p['tau_control']['value']:.4f}  ratio "
             + (f"{r['value']:.3f}" if r["value"] is not None else "undefined")
-            + ("" if p["teacher_gain_resolved"] or r["value"] is None else " (teacher gain ≤ 0)")
+            + ("" if p["teacher_gain_resolved"] or r["value"] is None else " (gain not > 0)")
         )
     typer.echo("transfer ratio: " + res["threshold"]["transfer_ratio"]["sentence"])
     typer.echo("student − control: " + res["threshold"]["student_minus_control"]["sentence"])

@@ -51,7 +51,7 @@ from interp.io import (
 )
 from interp.refusal import COMPLIANCE_PROMPT, Judge, compliance_trait, is_refusal, load_prompts
 
-from .studies import fmt_ci, resample_counts, summarise_point
+from .studies import excludes_zero, fmt_ci, resample_counts, summarise_point
 
 ROLES = ("base", "teacher", "student", "control")
 HARMLESS_SOURCE = "built-in general questions (interp.trait_sets.GENERAL_QUESTIONS)"
@@ -677,13 +677,6 @@ def _clip(text: str, n: int = 140) -> str:
     return one if len(one) <= n else one[: n - 1] + "…"
 
 
-def gain_resolved(gain: dict[str, Any]) -> bool:
-    """Whether the teacher's change from the base has an interval clear of zero: a ratio over
-    an unresolved gain divides by noise (a one-prompt gain gave a 'ratio' of 1 [1, 1])."""
-    lo, hi = gain.get("ci_low"), gain.get("ci_high")
-    return lo is not None and hi is not None and (lo > 0 or hi < 0)
-
-
 def _ceiling_lines(results: dict[str, Any], ceiling: float = 0.9) -> list[str]:
     """A bounded scorer (share complying, judge P(yes)) whose base is already near 1 cannot show
     a teacher, let alone a student, complying more: say so instead of reporting its ratio bare."""
@@ -740,7 +733,7 @@ def render_report(results: dict[str, Any]) -> str:
     for p in results["points"]:
         for s in results["scorers"]:
             r = p["ratios"][s]
-            flag = "" if gain_resolved(r["teacher_gain"]) else " (T − M0 unresolved)"
+            flag = "" if excludes_zero(r["teacher_gain"]) else " (T − M0 unresolved)"
             lines.append(
                 f"| {p['point']} | {s} | {fmt_ci(r['transfer_ratio'])}{flag} | "
                 f"{fmt_ci(r['transfer_ratio_vs_control'])}{flag} | {fmt_ci(r['teacher_gain'])} | "

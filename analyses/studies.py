@@ -292,6 +292,14 @@ def interval(point: float, reps: np.ndarray, level: float = 0.95) -> dict[str, f
     return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi)}
 
 
+def excludes_zero(d: dict[str, Any] | None) -> bool:
+    """Whether an interval ({value, ci_low, ci_high}) lies clear of zero on either side: a
+    difference resolved from nothing, or a gain a ratio may divide by (a ratio over an
+    unresolved gain divides by noise: a one-prompt gain once gave a 'ratio' of 1 [1, 1])."""
+    lo, hi = (d or {}).get("ci_low"), (d or {}).get("ci_high")
+    return lo is not None and hi is not None and (lo > 0 or hi < 0)
+
+
 def summarise_point(
     arrays: dict[str, np.ndarray], cs: np.ndarray, cq: np.ndarray
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

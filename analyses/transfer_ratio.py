@@ -33,6 +33,7 @@ from interp.threshold import detect_threshold
 from .studies import (
     alpha_dir,
     base_config,
+    excludes_zero,
     fmt,
     fmt_ci,
     interval,
@@ -386,7 +387,7 @@ def _alpha0_lines(results: dict[str, Any]) -> list[str]:
     out = [f"- Student − alpha-0 student vs alpha: **{thr['verdict']}**. {thr['sentence']}"]
     p0 = next((p for p in results["points"] if p["alpha"] == 0), None)
     g = p0["student_gain"] if p0 else None
-    if g and g["ci_low"] is not None and (g["ci_low"] > 0 or g["ci_high"] < 0):
+    if excludes_zero(g):
         best = max(
             (p for p in results["points"] if p["transfer_ratio_vs_alpha0"]["value"] is not None),
             key=lambda p: p["transfer_ratio_vs_alpha0"]["value"],
@@ -403,7 +404,7 @@ def _alpha0_lines(results: dict[str, Any]) -> list[str]:
             )
         )
     d = p0["student_minus_control"] if p0 else None
-    if d and d["ci_low"] is not None and (d["ci_low"] > 0 or d["ci_high"] < 0):
+    if excludes_zero(d):
         out.append(
             f"- **The control does not match the alpha-0 student:** at alpha 0 the teacher is "
             f"the base, yet student − control is {fmt_ci(d)}. That gap comes from the pipeline "
