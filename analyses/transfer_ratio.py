@@ -214,10 +214,11 @@ def summarise_sweep(
         # control that differs from the others in the steering alone. Paired replicates (the
         # same seeds and questions at every strength) give the difference's interval.
         s0 = arrays[0.0]["tau_student"].mean()
+        rdiffs = {a: reps[a]["tau_student"] - reps[0.0]["tau_student"] for a in alphas}
         for p in points:
             a = p["alpha"]
             diff = float(arrays[a]["tau_student"].mean() - s0)
-            rdiff = reps[a]["tau_student"] - reps[0.0]["tau_student"]
+            rdiff = rdiffs[a]
             p["student_minus_alpha0"] = interval(diff, rdiff)
             tg = p["teacher_gain"]["value"]
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -230,9 +231,7 @@ def summarise_sweep(
         thresholds["student_minus_alpha0"] = detect_threshold(
             np.array(steered, dtype=np.float64),
             np.array([_v(p, "student_minus_alpha0") for p in points if p["alpha"] != 0.0]),
-            np.stack([reps[a]["tau_student"] - reps[0.0]["tau_student"] for a in steered], axis=1)
-            if steered
-            else np.zeros((n_boot, 0)),
+            np.stack([rdiffs[a] for a in steered], axis=1) if steered else np.zeros((n_boot, 0)),
             max_refits=max_refits,
             what="student − alpha-0 student score",
         )
