@@ -22,10 +22,28 @@ ARTIFACTS = Path("artifacts")
 
 # Shared options (lm-eval style names).
 Model = Annotated[str, typer.Option("--model", help="Registry name, Hugging Face id or local dir.")]
+
+
+def _run_dir_option(value: Path | None) -> Path | None:
+    """Check an output directory while parsing, before any model loads (see interp.rundir)."""
+    if value is not None:
+        from interp.rundir import precheck
+
+        precheck(value, None)
+    return value
+
+
 OutputPath = Annotated[
-    Path | None, typer.Option("--output-path", help="Run directory (default: under artifacts/).")
+    Path | None,
+    typer.Option(
+        "--output-path",
+        help="Run directory (default: under artifacts/).",
+        callback=_run_dir_option,
+    ),
 ]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for built-in prompt sets and sampling.")]
+Seed = Annotated[
+    int, typer.Option("--seed", min=0, help="Seed for built-in prompt sets and sampling.")
+]
 Limit = Annotated[int | None, typer.Option("--limit", help="Use only the first N prompts.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -34,6 +52,15 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 TrustRemoteCode = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow a Hub model's own code to run.")
 ]
+
+
+def _finite(value: float | None) -> float | None:
+    """Float options reject nan and inf while parsing (a nan temperature silently meant greedy)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def _echo(quiet: bool, msg: str) -> None:
@@ -82,6 +109,12 @@ def cache_cmd(
     ] = False,
     quiet: Quiet = False,
     trust_remote_code: TrustRemoteCode = False,
+    truncate: Annotated[
+        bool,
+        typer.Option(
+            "--truncate", help="Keep the last tokens of a prompt longer than the model's context."
+        ),
+    ] = False,
 ) -> None:
     """Cache residual-stream activations after chosen blocks at chosen positions."""
     from interp.caching import cache_activations
@@ -120,6 +153,7 @@ def cache_cmd(
         batch_size=batch_size,
         overwrite=overwrite,
         quiet=quiet,
+        truncate=truncate,
         extra_meta={"seed": seed, "limit": limit},
     )
     state = "already complete, reused" if meta.get("reused") else "written"
@@ -148,9 +182,12 @@ def vectors_fit_cmd(
     ] = "last",
     prompts: Annotated[str, typer.Option("--prompts", help="JSONL or numbers:N.")] = "numbers:512",
     steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 20,
-    lr: Annotated[float | None, typer.Option("--lr", help="kl-fit step size.")] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", callback=_finite, help="kl-fit step size.")
+    ] = None,
     max_norm: Annotated[
-        float | None, typer.Option("--max-norm", help="kl-fit norm bound per layer.")
+        float | None,
+        typer.Option("--max-norm", callback=_finite, help="kl-fit norm bound per layer."),
     ] = None,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Teacher sample length (kl-fit, response).")
@@ -234,8 +271,17 @@ def vectors_fit_cmd(
 def vectors_export_cmd(
     path: Annotated[Path, typer.Argument(help="A vector directory from `sublens vectors fit`.")],
     format: Annotated[str, typer.Option("--format", help="lm-eval or gguf.")] = "lm-eval",
-    alpha: Annotated[float, typer.Option("--alpha", help="Steering coefficient.")] = 1.0,
-    output_path: OutputPath = None,
+    alpha: Annotated[
+        float, typer.Option("--alpha", callback=_finite, help="Steering coefficient.")
+    ] = 1.0,
+    output_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-path",
+            help="File to write: lm-eval a .pt steering file (default VECTOR/lm_eval_steer.pt), "
+            "gguf a llama.cpp control vector (default VECTOR/control_vector.gguf).",
+        ),
+    ] = None,
 ) -> None:
     """Export a vector for lm-eval's steered model or llama.cpp control vectors."""
     from interp.export import to_gguf, to_lm_eval
@@ -281,7 +327,9 @@ def approximability_cmd(
         int, typer.Option("--response-tokens", help="Teacher sample length for the KL.")
     ] = 12,
     steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 20,
-    lr: Annotated[float | None, typer.Option("--lr", help="kl-fit step size.")] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", callback=_finite, help="kl-fit step size.")
+    ] = None,
     alphas: Annotated[
         str, typer.Option("--alphas", help="Steering strengths of the trait-score sweep.")
     ] = "0,0.5,1,2,4",
@@ -340,11 +388,11 @@ def distill_run_cmd(
         str | None, typer.Option("--teacher", help="prompted, steered or projected.")
     ] = None,
     vector: Annotated[str | None, typer.Option("--vector", help="Steering vector dir.")] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", callback=_finite)] = None,
     n: Annotated[int | None, typer.Option("--n", help="Rows to generate per teacher.")] = None,
     objective: Annotated[str | None, typer.Option("--objective", help="sft or logit-kl.")] = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer")] = None,
-    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", callback=_finite)] = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="0 = full FT.")] = None,
@@ -352,7 +400,7 @@ def distill_run_cmd(
         int | None, typer.Option("--limit", help="First N questions per trait-score set.")
     ] = None,
     output_path: OutputPath = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
     device: Annotated[str | None, typer.Option("--device")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     quiet: Quiet = False,
@@ -404,12 +452,12 @@ def distill_generate_cmd(
         str | None, typer.Option("--trait", help="Take the system prompt from this trait.")
     ] = None,
     vector: Annotated[str | None, typer.Option("--vector")] = None,
-    alpha: Annotated[float, typer.Option("--alpha")] = 1.0,
+    alpha: Annotated[float, typer.Option("--alpha", callback=_finite)] = 1.0,
     layers: Annotated[str | None, typer.Option("--layers")] = None,
     domain: Annotated[str, typer.Option("--domain", help="numbers or arithmetic.")] = "numbers",
     n: Annotated[int, typer.Option("--n")] = 256,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
-    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", callback=_finite)] = 1.0,
     unconstrained: Annotated[
         bool, typer.Option("--unconstrained", help="Sample from the whole vocabulary.")
     ] = False,
@@ -494,7 +542,7 @@ def distill_train_cmd(
         Path | None, typer.Option("--targets", help="Teacher targets dir (logit-kl).")
     ] = None,
     optimizer: Annotated[str, typer.Option("--optimizer")] = "adamw",
-    lr: Annotated[float, typer.Option("--lr")] = 3e-5,
+    lr: Annotated[float, typer.Option("--lr", callback=_finite)] = 3e-5,
     epochs: Annotated[int, typer.Option("--epochs")] = 1,
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     lora_rank: Annotated[int, typer.Option("--lora-rank")] = 0,
@@ -539,12 +587,19 @@ def distill_eval_cmd(
     """(Re)evaluate a run's checkpoints and rewrite its results and report."""
     from analyses.distill import run_and_report
     from interp.distill.run import config_from_dict
-    from interp.io import read_json
+    from interp.io import read_json_dict
 
     if not (run / "config.json").is_file():
         raise SublensError(f"{run} is not a distillation run (no config.json): give a run dir")
-    cfg = config_from_dict(read_json(run / "config.json")["config"], str(run / "config.json"))
-    results = run_and_report(cfg, quiet=quiet)
+    try:
+        stored = read_json_dict(run / "config.json")["config"]
+    except (ValueError, KeyError, TypeError):
+        raise SublensError(
+            f"{run / 'config.json'} is not a sublens run config: give a distillation run dir"
+        ) from None
+    stored["output_path"] = str(run)  # evaluate the directory given, never the stored path
+    cfg = config_from_dict(stored, str(run / "config.json"))
+    results = run_and_report(cfg, quiet=quiet, eval_only=True)
     typer.echo(f"report: {Path(results['run']) / 'report.md'}")
 
 
@@ -695,7 +750,7 @@ def eval_compliance_cmd(
     target: Annotated[Path, typer.Argument(help="A distillation run or a study directory.")],
     n_samples: Annotated[int, typer.Option("--n-samples", help="Answers per prompt.")] = 2,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
-    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", callback=_finite)] = 1.0,
     layer: Annotated[
         int | None, typer.Option("--layer", help="Refusal-direction layer (default n_layers//2).")
     ] = None,
@@ -782,30 +837,6 @@ def demo_cmd(
     typer.echo(f"report: {results['report']}")
 
 
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
-    try:
-        app(standalone_mode=False)
-    except SublensError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: rerun the same command to resume", err=True)
-        sys.exit(130)
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
-
-
 study_app = typer.Typer(
     help="Studies over many runs: transfer ratio vs strength, optimizers, toy, compare.",
     no_args_is_help=True,
@@ -847,7 +878,7 @@ def study_transfer_ratio_cmd(
     seeds: StudySeeds = 1,
     n: Annotated[int | None, typer.Option("--n", help="Rows per teacher.")] = None,
     objective: Annotated[str | None, typer.Option("--objective")] = None,
-    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", callback=_finite)] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     lora_rank: Annotated[int | None, typer.Option("--lora-rank")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
@@ -920,7 +951,7 @@ def study_optimizers_cmd(
     vector: Annotated[
         str | None, typer.Option("--vector", help="Steer the teacher with this vector.")
     ] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", callback=_finite)] = None,
     layers: Annotated[
         str | None, typer.Option("--layers", help="Steer only these layers of the vector.")
     ] = None,
@@ -938,7 +969,10 @@ def study_optimizers_cmd(
     lora_rank: Annotated[int | None, typer.Option("--lora-rank")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
     loss_tolerance: Annotated[
-        float, typer.Option("--loss-tolerance", help="Relative loss gap to the reference.")
+        float,
+        typer.Option(
+            "--loss-tolerance", callback=_finite, help="Relative loss gap to the reference."
+        ),
     ] = 0.2,
     match_loss: Annotated[
         bool, typer.Option("--match-loss", help="Double steps until the loss matches.")
@@ -1048,9 +1082,14 @@ def scan_cmd(
     n_permutations: Annotated[int, typer.Option("--n-permutations")] = 1000,
     n_blind_permutations: Annotated[int, typer.Option("--n-blind-permutations")] = 24,
     effect_scale: Annotated[
-        float, typer.Option("--effect-scale", help="Shift s as a multiple of the residual norm.")
+        float,
+        typer.Option(
+            "--effect-scale", callback=_finite, help="Shift s as a multiple of the residual norm."
+        ),
     ] = 0.5,
-    alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,
+    alpha: Annotated[
+        float, typer.Option("--alpha", callback=_finite, help="Significance level.")
+    ] = 0.05,
     seed: Seed = 0,
     limit: Annotated[int | None, typer.Option("--limit", help="First N rows only.")] = None,
     batch_size: BatchSize = 8,
@@ -1166,26 +1205,37 @@ def defend_cmd(
         str | None,
         typer.Option("--init-from", help="Another init of the same architecture (different-init)."),
     ] = None,
-    sgd_lr: Annotated[float | None, typer.Option("--sgd-lr", help="Learning rate of sgd.")] = None,
+    sgd_lr: Annotated[
+        float | None, typer.Option("--sgd-lr", callback=_finite, help="Learning rate of sgd.")
+    ] = None,
     mask_q: Annotated[
-        float, typer.Option("--mask-q", help="Share of positions mask-divergent leaves out.")
+        float,
+        typer.Option(
+            "--mask-q", callback=_finite, help="Share of positions mask-divergent leaves out."
+        ),
     ] = 0.2,
     model: Annotated[str | None, typer.Option("--model")] = None,
     trait: Annotated[str | None, typer.Option("--trait")] = None,
     preset: StudyPreset = "quick",
     seeds: StudySeeds = 1,
     n: Annotated[int | None, typer.Option("--n", help="Rows per teacher.")] = None,
-    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", callback=_finite)] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
     heldout_n: Annotated[
         int, typer.Option("--heldout-n", help="Held-out clean benign rows for the task loss.")
     ] = 32,
     max_task_cost: Annotated[
-        float, typer.Option("--max-task-cost", help="Task-loss increase allowed (relative).")
+        float,
+        typer.Option(
+            "--max-task-cost", callback=_finite, help="Task-loss increase allowed (relative)."
+        ),
     ] = 0.05,
     max_ppl_cost: Annotated[
-        float, typer.Option("--max-ppl-cost", help="Perplexity increase allowed (relative).")
+        float,
+        typer.Option(
+            "--max-ppl-cost", callback=_finite, help="Perplexity increase allowed (relative)."
+        ),
     ] = 0.05,
     scan_permutations: Annotated[int, typer.Option("--scan-permutations")] = 200,
     n_boot: StudyNBoot = 2000,
@@ -1239,6 +1289,28 @@ def defend_cmd(
         )
     typer.echo(res["recommendation"])
     typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+def main() -> None:
+    """Entry point: a user error is one line on stderr and exit 2; a usage error is typer's usage
+    message and exit 2; Ctrl-C is exit 130 and a resumable run."""
+    from typer._click.exceptions import ClickException
+
+    try:
+        code = app(standalone_mode=False)
+    except SublensError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except ClickException as err:  # typer vendors click: click's own class would not match
+        err.show()
+        sys.exit(err.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    if code == 130:  # typer turns KeyboardInterrupt into Exit(130), returned in this mode
+        typer.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from analyses.figures import save_png
+from interp import rundir
 from interp.alignment import (
     AlignmentCI,
     PromptDrift,
@@ -62,6 +63,7 @@ from interp.io import (
     git_commit,
     package_versions,
     read_json,
+    read_json_dict,
     write_json,
     write_text,
 )
@@ -140,7 +142,7 @@ def load_run(run_dir: str | Path) -> RunInfo:
             f"{path} is not a distillation run (no config.json): give the directory that "
             "`sublens distill run` wrote"
         )
-    config = read_json(cfg_file).get("config")
+    config = read_json_dict(cfg_file).get("config")
     if not isinstance(config, dict) or "model" not in config or "trait" not in config:
         raise SublensError(f"{cfg_file} holds no resolved run config: rerun `sublens distill run`")
     checkpoints = {name: list_checkpoints(path / name) for name in MODELS}
@@ -828,7 +830,7 @@ def run_align(
         raise SublensError(f"unknown positions {bad or positions}: use last and/or all")
     if n_boot < 1 or grad_rows < 1:
         raise SublensError("--n-boot and --grad-rows must be positive")
-    out = Path(output_path) if output_path else info.path / "align"
+    out = rundir.claim(output_path or info.path / "align", "align")
     loaded = load_model(info.model, device=device)
     layer_list = parse_layers(layers, loaded.n_layers)
     vecs = load_vectors(vectors, loaded)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
+from interp import rundir
 from interp.errors import SublensError
 from interp.fitting import (
     DEFAULT_KL_STEPS,
@@ -349,18 +350,7 @@ def run_approximability(
     resolved = {**asdict(cfg), "traits": [t.to_dict() for t in traits]}
     digest = config_hash(resolved)
     cfg_file = out / "config.json"
-    if cfg_file.exists() and not overwrite:
-        old = read_json(cfg_file)
-        if old.get("hash") != digest:
-            raise SublensError(
-                f"{out} holds an approximability run with another config: pick another "
-                "--output-path or pass --overwrite"
-            )
-    elif out.exists() and any(out.iterdir()) and not overwrite and not cfg_file.exists():
-        raise SublensError(f"{out} exists and is not an approximability run: pick another path")
-    if overwrite and (out / "parts").exists():
-        for p in (out / "parts").glob("*.json"):
-            p.unlink()
+    rundir.open_run(out, "approximability", digest, overwrite)
     write_json(cfg_file, {"hash": digest, "config": resolved})
     t0 = time.perf_counter()
     loaded = load_model(cfg.model, device=cfg.device)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
+from interp import rundir
 from interp.errors import SublensError
 from interp.io import git_commit, package_versions, read_json, write_json, write_text
 
@@ -123,7 +124,7 @@ def run_compare(
     if len(runs) < 1:
         raise SublensError("give at least one study directory to compare")
     rows = [_row(_load(r)) for r in runs]
-    out = Path(output_path)
+    out = rundir.claim(output_path, "study-compare")
     results: dict[str, Any] = {
         "analysis": "compare",
         "config": {"runs": [str(r) for r in runs]},

@@ -45,6 +45,7 @@ from interp.io import (
     git_commit,
     package_versions,
     read_json,
+    read_json_dict,
     sha256_file,
     write_json,
     write_text,
@@ -211,7 +212,7 @@ def _final_checkpoint(run: _Run, name: str) -> tuple[int, Path]:
     res = run.path / "results.json"
     want = None
     if res.is_file():
-        want = read_json(res).get("headline", {}).get("final_steps", {}).get(name)
+        want = read_json_dict(res).get("headline", {}).get("final_steps", {}).get(name)
     by_step = dict(cks)
     if want is not None and int(want) in by_step:
         return int(want), by_step[int(want)]
@@ -421,9 +422,11 @@ def _resolve_prompts(
     if cfg.harmless:
         harmless = load_prompts(cfg.harmless)  # its own column (Goal, prompt, ...)
         h_source = str(cfg.harmless)
-    elif meta.is_file() and read_json(meta).get("harmless_prompts"):
-        harmless = [str(x) for x in read_json(meta)["harmless_prompts"]]
-        h_source = f"{meta.name}: {read_json(meta).get('harmless_source', 'the trait sidecar')}"
+    elif meta.is_file() and read_json_dict(meta).get("harmless_prompts"):
+        harmless = [str(x) for x in read_json_dict(meta)["harmless_prompts"]]
+        h_source = (
+            f"{meta.name}: {read_json_dict(meta).get('harmless_source', 'the trait sidecar')}"
+        )
     else:
         harmless = list(GENERAL_QUESTIONS)
         h_source = HARMLESS_SOURCE

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
+from interp import rundir
 from interp.distill.defenses import DEFENSES
 from interp.errors import SublensError
 from interp.io import (
@@ -43,6 +44,7 @@ from interp.io import (
     git_commit,
     package_versions,
     read_json,
+    read_json_dict,
     sha256_file,
     sha256_text,
     write_json,
@@ -321,7 +323,7 @@ def run_defend(
     if max_task_cost < 0 or max_ppl_cost < 0:
         raise SublensError("cost thresholds must be 0 or more")
     text = heldout_text(heldout_text_path)
-    out = Path(output_path)
+    out = rundir.claim(output_path, "defend")
     say = say_fn(quiet, "defend")
     clock = timer()
     base = base_config(config_path, overrides, preset)
@@ -862,7 +864,7 @@ def find_defend(run: str | Path) -> Path | None:
         f = c / "results.json"
         if f.is_file():
             try:
-                if read_json(f).get("analysis") == "defend":
+                if read_json_dict(f).get("analysis") == "defend":
                     return c
             except (json.JSONDecodeError, OSError):
                 continue

@@ -23,6 +23,7 @@ from typing import Any
 
 from analyses.approximability import ApproxConfig, run_approximability
 from analyses.distill import write_report as write_distill_report
+from interp import rundir
 from interp.distill.run import RunConfig, load_run_config, run_distillation
 from interp.fitting import fit_vector
 from interp.io import write_json
@@ -67,7 +68,7 @@ def run_demo(
     from analyses.report import build_report
 
     t0 = time.perf_counter()
-    out = Path(output_path)
+    out = rundir.claim(output_path, "demo")
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     timings: dict[str, float] = {}
     loaded = load_model(model, device=device)

@@ -189,8 +189,10 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_and_report(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
-    results = run_distillation(cfg, overwrite=overwrite, quiet=quiet)
+def run_and_report(
+    cfg: RunConfig, overwrite: bool = False, quiet: bool = False, eval_only: bool = False
+) -> dict[str, Any]:
+    results = run_distillation(cfg, overwrite=overwrite, quiet=quiet, eval_only=eval_only)
     write_report(results)
     return results
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
+from interp import rundir
 from interp.distill.optimizers import OPTIMIZERS
 from interp.errors import SublensError
 from interp.io import git_commit, package_versions, read_json, write_json, write_text
@@ -126,7 +127,7 @@ def run_optimizer_ablation(
         raise SublensError(f"--loss-tolerance must be positive, got {loss_tolerance}")
     if max_steps_factor < 1:
         raise SublensError(f"--max-steps-factor must be at least 1, got {max_steps_factor}")
-    out = Path(output_path)
+    out = rundir.claim(output_path, "study-optimizers")
     say = say_fn(quiet, "optimizers")
     clock = timer()
     base = base_config(config_path, overrides, preset)

@@ -39,6 +39,7 @@ from analyses.align import (
     require_checkpoints,
     section_tail,
 )
+from interp import rundir
 from interp.errors import SublensError
 from interp.io import git_commit, package_versions, write_json, write_text
 from interp.layers import parse_layers
@@ -88,7 +89,7 @@ def run_probe(
             f"--n-prompts {n_prompts} is too few: a probe needs both classes in its train and "
             "held-out splits (use 8 or more)"
         )
-    out = Path(output_path) if output_path else info.path / "probe"
+    out = rundir.claim(output_path or info.path / "probe", "probe")
     loaded = load_model(info.model, device=device)
     layer_list = parse_layers(layers, loaded.n_layers)
     vecs = load_vectors(vectors, loaded) if vectors else {}

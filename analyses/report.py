@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from analyses.align import load_run, missing_lines
-from interp.io import read_json, write_text
+from interp.io import read_json, read_json_dict, write_text
 
 
 def _demote(markdown: str, by: int = 1) -> str:
@@ -30,7 +30,7 @@ def _find(run: Path, analysis: str) -> Path | None:
     index = run / "analyses.json"
     candidates = []
     if index.is_file():
-        where = read_json(index).get(analysis)
+        where = read_json_dict(index).get(analysis)
         if where:
             candidates.append(Path(where))
     candidates.append(run / analysis)

@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
+from interp import rundir
 from interp.errors import SublensError
 from interp.io import (
     config_hash,
     git_commit,
     package_versions,
     read_json,
+    read_json_dict,
     sha256_file,
     write_json,
     write_text,
@@ -178,15 +180,17 @@ def run_scan(
         | {"reference_generation": config["reference_generation"]}
     )
     cfg_file = out / "config.json"
-    if cfg_file.is_file() and read_json(cfg_file).get("reference_hash") != ref_key:
-        raise SublensError(
-            f"{out} holds a scan of other data (or another model or reference): pick another "
-            "--output-path"
-        )
-    if not cfg_file.is_file() and out.is_dir() and any(out.iterdir()):
-        raise SublensError(f"{out} exists and is not a scan directory: pick another --output-path")
+    try:
+        rundir.open_run(out, "scan", ref_key, field="reference_hash")
+    except SublensError as err:
+        if "another config" in str(err):
+            raise SublensError(
+                f"{out} holds a scan of other data (or another model or reference): pick another "
+                "--output-path"
+            ) from None
+        raise
     res_file = out / "results.json"
-    if res_file.is_file() and read_json(res_file).get("config_hash") == key:
+    if res_file.is_file() and read_json_dict(res_file).get("config_hash") == key:
         say(f"{res_file} is already complete for this config: reusing it")
         return read_json(res_file)
     res_file.unlink(missing_ok=True)  # a rescan: no stale results while rows are rewritten

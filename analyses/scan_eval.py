@@ -28,7 +28,6 @@ whose nulls differ are on one scale.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
+from interp import rundir
 from interp.errors import SublensError
 from interp.io import (
     config_hash,
@@ -244,15 +244,7 @@ def run_scan_eval(
     }
     key = config_hash(config)
     cfg_file = out / "config.json"
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    if cfg_file.is_file() and read_json(cfg_file).get("hash") != key:
-        raise SublensError(
-            f"{out} holds a scanner study with another config: pick another --output-path or "
-            "pass --overwrite"
-        )
-    if not cfg_file.is_file() and out.is_dir() and any(out.iterdir()):
-        raise SublensError(f"{out} exists and is not a scanner study: pick another --output-path")
+    rundir.open_run(out, "study-scanner", key, overwrite)
     write_json(cfg_file, {"hash": key, "config": config})
     timings: dict[str, float] = {}
 

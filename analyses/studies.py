@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from interp import rundir
 from interp.distill.run import RunConfig, config_from_dict, run_distillation
 from interp.errors import SublensError
-from interp.io import read_json, write_json
+from interp.io import read_json, read_json_dict, write_json
 
 # A short run that a 5-strength sweep on smollm2-135m fits in under 30 minutes on 2 CPU cores
 # (the control is trained once for the whole sweep): 64 constrained number rows of 16 tokens,
@@ -123,7 +124,7 @@ def finished_results(cfg: RunConfig) -> dict[str, Any] | None:
     cfg_file, res_file = out / "config.json", out / "results.json"
     if not (cfg_file.is_file() and res_file.is_file()):
         return None
-    if read_json(cfg_file).get("hash") != _run_hash(cfg):
+    if read_json_dict(cfg_file).get("hash") != _run_hash(cfg):
         return None
     return read_json(res_file)
 
@@ -140,7 +141,13 @@ def _link_tree(src: Path, dst: Path) -> None:
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.is_dir():
-        shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+        shutil.copytree(
+            src,
+            dst,
+            copy_function=link,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(rundir.LOCK),  # a lock belongs to one directory
+        )
     else:
         link(str(src), str(dst))
 
@@ -153,7 +160,7 @@ def prefill_point(
     "teacher", "control") of eval/scores.json. Returns whether anything was prefilled."""
     if (dst / "config.json").is_file() or not (src / "results.json").is_file():
         return False
-    dst.mkdir(parents=True, exist_ok=True)
+    rundir.claim(dst, "distill")
     # run_distillation accepts a non-empty directory only as a run of the same config
     resolved = cfg.to_dict()
     resolved["output_path"] = str(cfg.output_path)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from analyses.figures import save_png
+from interp import rundir
 from interp.errors import SublensError
 from interp.io import git_commit, package_versions, write_json, write_text
 from interp.stats import mean_ci, paired_bootstrap
@@ -316,7 +317,7 @@ def run_toy(
         raise SublensError(f"n_boot must be at least 1, got {n_boot}")
     config = config or ToyConfig()
     seed_list = list(range(first_seed, first_seed + seeds))
-    out = Path(output_path)
+    out = rundir.claim(output_path, "toy")
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:

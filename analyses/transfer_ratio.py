@@ -26,8 +26,15 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
+from interp import rundir
 from interp.errors import SublensError
-from interp.io import git_commit, package_versions, read_json, write_json, write_text
+from interp.io import (
+    git_commit,
+    package_versions,
+    read_json_dict,
+    write_json,
+    write_text,
+)
 from interp.threshold import detect_threshold
 
 from .studies import (
@@ -95,7 +102,7 @@ def run_transfer_ratio(
         raise SublensError("give at least one seed (--seeds 1 or more)")
     vdir = Path(vector)
     SteeringVector.load(vdir)  # fail early, with the loader's message, on a bad vector
-    out = Path(output_path)
+    out = rundir.claim(output_path, "study-transfer-ratio")
     say = say_fn(quiet, "transfer-ratio")
     clock = timer()
     base = base_config(config_path, overrides, preset)
@@ -258,7 +265,7 @@ def _offtarget(results: dict[str, Any]) -> dict[str, float | None]:
     path = Path(results["run"]) / "eval" / "scores.json"
     if not path.is_file():
         return {"negative": None, "offtopic": None}
-    t = read_json(path).get("teacher") or {}
+    t = read_json_dict(path).get("teacher") or {}
     return {k: (t.get(k) or {}).get("mean") for k in ("negative", "offtopic")}
 
 

@@ -10,7 +10,8 @@ Layout of `activations.safetensors`:
 
 Prompts are sorted by length into batches (less padding), rows are written in place at their
 prompt's index, and progress is recorded after each batch: rerunning the same command resumes.
-The file appears under its final name only when complete.
+The file appears under its final name only when complete. A prompt longer than the model's context
+is refused (naming its file line) before any forward pass, or left-truncated with `truncate=True`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import rundir
 from .backends import get_backend, make_batch
-from .chat import SINGLE_POSITION_MODES, ChatFormat, FormattedPrompt, check_positions
+from .chat import SINGLE_POSITION_MODES, ChatFormat, FormattedPrompt, check_positions, fit_context
 from .errors import SublensError
 from .io import config_hash, git_commit, package_versions, read_json, sha256_text, write_json
 from .models import LoadedModel
@@ -68,26 +70,16 @@ def format_prompts(
 
 
 def _check_output_dir(out: Path, key: str, overwrite: bool) -> str:
-    """'fresh', 'resume' or 'complete'; refuses a directory holding something else."""
-    if not out.exists():
+    """'fresh', 'resume' or 'complete'; claims the directory (see `interp.rundir`) and refuses
+    one holding something else."""
+    state = rundir.open_run(
+        out, "cache", key, overwrite, config_file=META_FILE, field="spec_key", entries=_OUR_FILES
+    )
+    if state == "fresh":
+        for name in _OUR_FILES:  # an empty-but-marked directory may still hold a stale partial
+            (out / name).unlink(missing_ok=True)
         return "fresh"
-    if not out.is_dir():
-        raise SublensError(f"output path {str(out)!r} is a file: choose a directory")
-    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
-    if not entries:
-        return "fresh"
-    meta_path = out / META_FILE
-    same = meta_path.exists() and read_json(meta_path).get("spec_key") == key
-    if same and not overwrite:
-        return "complete" if (out / ACTIVATIONS_FILE).exists() else "resume"
-    if not overwrite:
-        raise SublensError(
-            f"output path {str(out)!r} already holds something else (not an earlier run of this "
-            "cache): choose another --output-path or pass --overwrite"
-        )
-    for name in _OUR_FILES:
-        (out / name).unlink(missing_ok=True)
-    return "fresh"
+    return "complete" if (out / ACTIVATIONS_FILE).exists() else "resume"
 
 
 def length_batches(formatted: list[FormattedPrompt], batch_size: int) -> list[list[int]]:
@@ -133,8 +125,14 @@ def cache_activations(
     overwrite: bool = False,
     quiet: bool = False,
     extra_meta: dict[str, Any] | None = None,
+    truncate: bool = False,
 ) -> dict[str, Any]:
-    """Cache residual-stream activations of `prompts`; returns the run's metadata."""
+    """Cache residual-stream activations of `prompts`; returns the run's metadata.
+
+    A prompt longer than the model's context is an error before any forward pass, unless
+    `truncate` keeps its last tokens (left truncation keeps the end of the chat template, where
+    the `last` position is; the saved prompt texts and hashes are those of the kept tokens).
+    """
     t_start = time.perf_counter()
     check_positions(positions)
     loaded.check_layers(layers)
@@ -145,8 +143,18 @@ def cache_activations(
     if system_prompt is not None and not system_prompt.strip():
         raise SublensError("the system prompt is empty: give its text or leave it out")
     fmt = ChatFormat(loaded.tokenizer)
-    formatted = format_prompts(fmt, prompts, system_prompt)
+    full = format_prompts(fmt, prompts, system_prompt)
+    labels = [prompts.where(i) for i in range(len(full))]
+    formatted = fit_context(
+        full, loaded.context_length, loaded.name, labels, loaded.tokenizer, truncate
+    )
+    n_truncated = sum(a is not b for a, b in zip(full, formatted, strict=True))
     selected = [fp.positions(positions) for fp in formatted]
+    for label, sel in zip(labels, selected, strict=True):
+        if not sel:  # only --truncate can cut a span away entirely
+            raise SublensError(
+                f"{label}: --truncate kept none of its {positions!r} tokens: shorten the prompt"
+            )
     spec = CacheSpec(
         model=loaded.name,
         layers=list(layers),
@@ -162,6 +170,7 @@ def cache_activations(
     if state == "complete":
         meta = read_json(out / META_FILE)
         meta["reused"] = True
+        rundir.unlock(out)
         return meta
     out.mkdir(parents=True, exist_ok=True)
 
@@ -188,7 +197,12 @@ def cache_activations(
         "layout": "single" if single else "tokens",
         "system_prompt": system_prompt,
         "chat_style": fmt.style,
-        "prompts": {"source": prompts.source, "n": n, "sha256": spec.prompt_sha256},
+        "prompts": {
+            "source": prompts.source,
+            "n": n,
+            "sha256": spec.prompt_sha256,
+            **({"truncated": n_truncated} if truncate else {}),
+        },
         "backend": backend,
         "batch_size": batch_size,
         "versions": package_versions(),
@@ -249,6 +263,7 @@ def cache_activations(
         timings={"total_s": round(time.perf_counter() - t_start, 3), "model_s": round(t_model, 3)},
     )
     write_json(out / META_FILE, meta)
+    rundir.unlock(out)
     return meta
 
 

@@ -11,11 +11,15 @@ Base models without a chat template (Gemma 3 270M) use the documented plain form
 
 where the `{system}\\n\\n` part is left out when there is no system prompt, and the tokenizer adds
 its BOS token as it would for any plain text.
+
+`fit_context` checks formatted prompts against the model's context (`LoadedModel.context_length`)
+before any forward pass: call it wherever formatted prompts are run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import SublensError
@@ -59,6 +63,78 @@ class FormattedPrompt:
         raise SublensError(
             f"unknown positions mode {mode!r}: use one of {', '.join(POSITION_MODES)}"
         )
+
+    def keep_last(self, n: int, text: str) -> FormattedPrompt:
+        """The last `n` tokens only (spans shifted and clipped; a span cut away becomes empty).
+
+        `text` is what the kept tokens render to (the caller decodes them), so hashes and saved
+        prompts describe what actually ran.
+        """
+        cut = max(len(self.input_ids) - n, 0)
+
+        def shift(span: tuple[int, int] | None) -> tuple[int, int] | None:
+            return None if span is None else (max(span[0] - cut, 0), max(span[1] - cut, 0))
+
+        return replace(
+            self,
+            text=text,
+            input_ids=self.input_ids[cut:],
+            prompt_len=max(self.prompt_len - cut, 0),
+            system_span=shift(self.system_span),
+            user_span=shift(self.user_span),  # type: ignore[arg-type]
+            response_span=shift(self.response_span),
+        )
+
+
+def fit_context(
+    formatted: list[FormattedPrompt],
+    limit: int | None,
+    model: str,
+    labels: Sequence[str],
+    tokenizer: Any = None,
+    truncate: bool = False,
+    reserve: int = 0,
+    fix: str | None = None,
+) -> list[FormattedPrompt]:
+    """Refuse prompts longer than the model's context, or keep their last tokens (`truncate`).
+
+    Run it right after formatting, before any forward pass: past its context a model runs on
+    positions it never saw (silently wrong numbers), and eager attention memory grows with the
+    square of the length (a 15k-token prompt on the 512-token tiny model reached 15 GB).
+    `reserve` tokens stay free for generation; `labels[i]` names prompt i in the error (its
+    file line); `tokenizer` is needed only to truncate (the kept tokens' text).
+    """
+    if limit is None:
+        return list(formatted)
+    room = limit - reserve
+    if room < 1:
+        raise SublensError(
+            f"{reserve} new tokens do not fit in {model}'s context of {limit}: ask for fewer"
+        )
+    out = []
+    for fp, label in zip(formatted, labels, strict=True):
+        n = len(fp.input_ids)
+        if n <= room:
+            out.append(fp)
+            continue
+        if not truncate:
+            budget = f"{room} tokens ({limit} minus {reserve} new)" if reserve else f"{limit}"
+            hint = fix or f"shorten it, or pass --truncate to keep its last {room} tokens"
+            raise SublensError(
+                f"{label}: the formatted prompt has {n} tokens, more than {model}'s context of "
+                f"{budget}: {hint}"
+            )
+        if tokenizer is None:
+            raise ValueError("fit_context needs the tokenizer to truncate")
+        if fp.prompt_len - (n - room) < 1:
+            raise SublensError(
+                f"{label}: its assistant response alone fills {model}'s context of {room} "
+                "tokens, so --truncate would keep no prompt token: shorten the response"
+            )
+        kept = fp.input_ids[n - room :]
+        text = tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        out.append(fp.keep_last(room, text))
+    return out
 
 
 # Modes that give one vector per prompt, and modes that give one per token.

@@ -8,3 +8,7 @@ traceback.
 
 class SublensError(Exception):
     """A user error: the message says what is wrong and how to fix it, in one line."""
+
+
+class BadFileError(SublensError, ValueError):
+    """A file sublens reads (a run's JSON, a config) is damaged or foreign."""

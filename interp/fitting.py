@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .backends import Batch, decoder_layers, hidden_of, make_batch
 from .caching import length_batches, run_batch
-from .chat import ChatFormat, FormattedPrompt
+from .chat import ChatFormat, FormattedPrompt, fit_context
 from .errors import SublensError
 from .models import LoadedModel
 from .prompts import PromptSet
@@ -97,6 +97,8 @@ def contrast_activations(
     out = {}
     for name, system in (("prompted", system_prompt), ("unprompted", None)):
         formatted = [fmt.format(m, system=system) for m in messages]
+        labels = [prompts.where(i) for i in range(len(formatted))]
+        fit_context(formatted, loaded.context_length, loaded.name, labels)
         selected = [fp.positions(positions) for fp in formatted]
         per_prompt = torch.zeros(len(formatted), len(layers), loaded.d_model)
         total = torch.zeros(len(layers), loaded.d_model, dtype=torch.float64)
@@ -215,6 +217,7 @@ def build_kl_data(
         raise SublensError("every teacher response is empty: sample longer responses")
     teacher = [fmt.format(messages[i], system=system_prompt) for i in keep]
     student = [fmt.format(messages[i]) for i in keep]
+    fit_context(teacher, loaded.context_length, loaded.name, [prompts.where(i) for i in keep])
     pad_id = loaded.tokenizer.pad_token_id
     data = []
     for idx in tqdm(

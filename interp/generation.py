@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import make_batch
-from .chat import ChatFormat
+from .chat import ChatFormat, fit_context
 from .errors import SublensError
 from .models import LoadedModel
 
@@ -31,13 +31,26 @@ def sample_responses(
     quiet: bool = True,
     logits_processor: list | None = None,
 ) -> list[str]:
-    """One sampled assistant response per prompt (special tokens stripped)."""
+    """One sampled assistant response per prompt (special tokens stripped).
+
+    Each prompt plus `max_new_tokens` must fit in the model's context: past it, generation runs
+    on positions the model never saw and its memory grows with the square of the length.
+    """
     if max_new_tokens <= 0:
         raise SublensError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if temperature < 0:
         raise SublensError(f"temperature must be >= 0, got {temperature}")
     fmt = ChatFormat(loaded.tokenizer)
-    seqs = [fmt.format(p, system=system_prompt).input_ids for p in prompts]
+    formatted = [fmt.format(p, system=system_prompt) for p in prompts]
+    fit_context(
+        formatted,
+        loaded.context_length,
+        loaded.name,
+        [f"prompt {i + 1} of {len(formatted)}" for i in range(len(formatted))],
+        reserve=max_new_tokens,
+        fix="shorten it or ask for fewer new tokens",
+    )
+    seqs = [fp.input_ids for fp in formatted]
     tok = loaded.tokenizer
     eos = [i for i in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} if i is not None]
     eos = [i for i in eos if i != tok.unk_token_id]

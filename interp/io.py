@@ -47,6 +47,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():  # mkstemp makes 0600 files: give them the usual umask mode
             os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
+        from .rundir import register
+
+        register(path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -62,7 +65,30 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; a damaged or foreign one is a one-line user error (`BadFileError`, also
+    a ValueError), not a traceback."""
+    from .errors import BadFileError
+
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise BadFileError(f"{p} is not UTF-8 text: it is damaged or not sublens's") from None
+    except json.JSONDecodeError as err:
+        raise BadFileError(
+            f"{p} is not valid JSON (line {err.lineno}: {err.msg}): it is damaged or not "
+            "sublens's; restore it, or rerun with another --output-path"
+        ) from None
+
+
+def read_json_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """`read_json` for files that must hold an object (configs, metadata, results)."""
+    from .errors import BadFileError
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise BadFileError(f"{path} does not hold a JSON object: it is damaged or not sublens's")
+    return data
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, Any]]:
@@ -75,7 +101,7 @@ def iter_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[in
     if not p.is_file():
         raise SublensError(f"{what} {str(p)!r} does not exist: check the path")
     try:
-        with p.open(encoding="utf-8") as f:
+        with p.open(encoding="utf-8-sig") as f:  # a byte-order mark is not part of line 1
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -85,9 +111,31 @@ def iter_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[in
                     raise SublensError(
                         f"{p}:{lineno}: not valid JSON ({err.msg}): fix or remove that line"
                     ) from None
+                _check_text(obj, f"{p}:{lineno}")
                 yield lineno, obj
     except UnicodeDecodeError:
         raise SublensError(f"{p} is not UTF-8 text: save it as UTF-8 JSONL") from None
+
+
+def _check_text(obj: Any, where: str) -> None:
+    """JSON may escape a lone surrogate (\\ud800), which is not text: refuse it here, with the
+    line, rather than as a tokenizer's TypeError later."""
+    from .errors import SublensError
+
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SublensError(
+                    f"{where}: holds a lone surrogate escape, which is not text: fix that string"
+                ) from None
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
 
 
 def _json_default(obj: Any) -> Any:

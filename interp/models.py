@@ -203,6 +203,9 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str
+    # Longest sequence the model was built for (`max_position_embeddings`); None when the config
+    # does not say. Prompts longer than this are refused before any forward pass.
+    context_length: int | None = None
 
     def check_layers(self, layers: list[int]) -> list[int]:
         for layer in layers:
@@ -269,6 +272,12 @@ def _locate(name: str) -> tuple[str, str | None, ModelSpec | None]:
     return name, "Hugging Face Hub (or its local cache)", None
 
 
+def _context_length(cfg: Any) -> int | None:
+    """`max_position_embeddings` of a (text) config, or None when it has none."""
+    value = getattr(cfg, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str | torch.device | None = "auto",
@@ -324,6 +333,7 @@ def load_model(
         device=dev,
         dtype=dt,
         source=source or "",
+        context_length=_context_length(cfg),
     )
     _LOADED[key] = loaded
     return loaded

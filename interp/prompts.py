@@ -2,15 +2,18 @@
 
 A prompt is a message list (one user message, or a full conversation). Files hold one JSON object
 per line, either `{"prompt": "..."}` or `{"messages": [{"role": ..., "content": ...}, ...]}`;
-errors name the line.
+errors name the line. Files are UTF-8 (a byte-order mark is accepted, as Windows editors write one);
+other encodings and lone surrogate escapes (`"\\ud800"`, not text) are refused with the line.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import SublensError
 
@@ -24,16 +27,26 @@ class PromptSet:
 
     messages: list[list[Message]]
     source: str
+    # Where each prompt came from ("file.jsonl:12"), for errors about one prompt; None for sets
+    # built in code.
+    origins: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.messages)
+
+    def where(self, i: int) -> str:
+        """Prompt i's location for an error message: its file line, else its 1-based number."""
+        if self.origins is not None:
+            return self.origins[i]
+        return f"prompt {i + 1} of {self.source}"
 
     def limit(self, n: int | None) -> PromptSet:
         if n is None:
             return self
         if n <= 0:
             raise SublensError(f"--limit must be positive, got {n}")
-        return PromptSet(self.messages[:n], f"{self.source} (first {n})")
+        origins = None if self.origins is None else self.origins[:n]
+        return PromptSet(self.messages[:n], f"{self.source} (first {n})", origins)
 
 
 # --- numbers domain (Cloud et al. 2025 style, sublens's own wording) ------------------------------
@@ -93,33 +106,75 @@ def _validate_messages(messages: object, where: str) -> list[Message]:
     return out
 
 
+def _not_utf8(path: Path) -> SublensError:
+    """The error for a file that does not decode as UTF-8, naming the first bad line and byte."""
+    offset = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return SublensError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {offset + err.start} of the file): "
+                    "save it as UTF-8"
+                )
+            offset += len(raw)
+    return SublensError(f"{path} is not UTF-8 text: save it as UTF-8")
+
+
+def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) per non-blank line; UTF-8 with an optional BOM."""
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise SublensError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                yield lineno, row
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _check_text(row: object, where: str) -> None:
+    """Refuse lone surrogates (`"\\ud800"` escapes): valid JSON but not text, so tokenizers and
+    hashing fail on them later, far from the line that holds them."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = err.object[err.start : err.end]
+        code = ", ".join(f"\\u{ord(c):04x}" for c in bad)
+        raise SublensError(
+            f"{where}: holds a lone surrogate escape ({code}), which is not text: remove it or "
+            "write the character itself"
+        ) from None
+
+
 def read_prompts_file(path: str | Path) -> PromptSet:
     path = Path(path)
     if not path.is_file():
         raise SublensError(f"prompts file {str(path)!r} does not exist")
     rows: list[list[Message]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SublensError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise SublensError(f'{where}: expected an object like {{"prompt": "..."}}')
-            if "messages" in row:
-                rows.append(_validate_messages(row["messages"], where))
-            elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
-                rows.append([{"role": "user", "content": row["prompt"]}])
-            else:
-                raise SublensError(
-                    f'{where}: expected {{"prompt": "<non-empty text>"}} or {{"messages": [...]}}'
-                )
+    origins: list[str] = []
+    for lineno, row in _iter_json_lines(path):
+        where = f"{path}:{lineno}"
+        _check_text(row, where)
+        origins.append(where)
+        if not isinstance(row, dict):
+            raise SublensError(f'{where}: expected an object like {{"prompt": "..."}}')
+        if "messages" in row:
+            rows.append(_validate_messages(row["messages"], where))
+        elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
+            rows.append([{"role": "user", "content": row["prompt"]}])
+        else:
+            raise SublensError(
+                f'{where}: expected {{"prompt": "<non-empty text>"}} or {{"messages": [...]}}'
+            )
     if not rows:
         raise SublensError(f"prompts file {str(path)!r} is empty: add one JSON object per line")
-    return PromptSet(rows, str(path))
+    return PromptSet(rows, str(path), tuple(origins))
 
 
 def load_prompts(spec: str, seed: int = 0) -> PromptSet:

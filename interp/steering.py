@@ -301,9 +301,9 @@ class SteeringVector:
         (all metadata and the tensors' sha256, so a mismatched pair is detected on load)."""
         from safetensors.torch import save_file
 
-        out = Path(path)
-        if out.exists() and not out.is_dir():
-            raise SublensError(f"{out} exists and is not a directory: give a directory path")
+        from . import rundir
+
+        out = rundir.claim(path, "vector", what="vector directory")
         tensors = {f"layer.{i}": v.detach().contiguous() for i, v in self.vectors.items()}
         with atomic_path(out / TENSOR_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
@@ -311,6 +311,7 @@ class SteeringVector:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, **self.describe()}
         meta["tensors_sha256"] = digest
         write_json(out / META_FILE, meta)
+        rundir.unlock(out)
         return out
 
     @classmethod

@@ -89,8 +89,11 @@ def test_existing_output_rules(tiny, tmp_path):
         _cache(tiny, out, layers=[0])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(SublensError, match="already holds something else"):
+    with pytest.raises(SublensError, match="did not make"):
         _cache(tiny, tmp_path / "other")
+    with pytest.raises(SublensError, match="did not make"):
+        _cache(tiny, tmp_path / "other", overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     meta = _cache(tiny, out, layers=[0], overwrite=True)
     assert meta["layers"] == [0] and load_cache(out).activations.shape[1] == 1
 

@@ -116,9 +116,11 @@ def test_existing_other_output_needs_overwrite(monkeypatch, capsys, tmp_path):
         "--quiet",
     ]
     code, _, err = run_cli(monkeypatch, capsys, *base)
-    assert code == 2 and "--overwrite" in err
-    code, _, _ = run_cli(monkeypatch, capsys, *base, "--overwrite")
-    assert code == 0 and (out / "keep.txt").read_text() == "precious"
+    assert code == 2 and "did not make" in err
+    code, _, err = run_cli(monkeypatch, capsys, *base, "--overwrite")  # never a foreign dir
+    assert code == 2 and "did not make" in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "precious"
 
 
 def test_vectors_fit_and_export(monkeypatch, capsys, tmp_path):

@@ -275,11 +275,13 @@ def test_keyboard_interrupt_and_crash_resume(tiny, data, tmp_path, monkeypatch):
 
         return loss
 
-    # Ctrl-C during step 3's forward: the 3 finished steps are checkpointed on the way out.
+    # Ctrl-C during step 3's forward: the 3 finished steps are kept as resume state, not as an
+    # evaluation checkpoint (a resumed run must equal an uninterrupted one).
     monkeypatch.setattr(train_mod, "_batch_loss", failing(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         train_student(tiny, data, tmp_path / "kbd", cfg)
-    assert list_checkpoints(tmp_path / "kbd")[-1][0] == 3
+    assert list_checkpoints(tmp_path / "kbd")[-1][0] == 2
+    assert json.loads((tmp_path / "kbd/checkpoints/resume/meta.json").read_text())["step"] == 3
     # A hard crash (no handler runs) loses the steps since the last periodic checkpoint only.
     calls["n"] = 0
     monkeypatch.setattr(train_mod, "_batch_loss", failing(RuntimeError("killed")))

@@ -346,7 +346,8 @@ def test_save_load_round_trip(tiny, tmp_path):
     v = _vector(tiny, layers=(0, 2, 3))
     v.extra["metrics"] = {"kl": 0.25, "steps": [1, 2]}
     out = v.save(tmp_path / "vec")
-    assert sorted(p.name for p in out.iterdir()) == ["vector.json", "vector.safetensors"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".sublens-run", "vector.json", "vector.safetensors"]  # lock released
     for where in (out, out / "vector.json", out / "vector.safetensors"):
         back = SteeringVector.load(where)
         assert back.layers == v.layers

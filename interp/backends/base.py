@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import SublensError
 from ..models import LoadedModel
 
 
@@ -78,6 +79,17 @@ class Backend(ABC):
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
 
+    def check_width(self, batch: Batch) -> None:
+        """Refuse a batch longer than the model's context before its forward pass (the net under
+        callers that skipped `chat.fit_context`, which names the prompt): memory grows with the
+        square of the length and positions past the context give silently wrong numbers."""
+        limit, width = self.loaded.context_length, batch.input_ids.shape[1]
+        if limit is not None and width > limit:
+            raise SublensError(
+                f"a batch holds a {width}-token prompt, more than {self.loaded.name}'s context of "
+                f"{limit}: shorten the prompts"
+            )
+
     @abstractmethod
     def residual(
         self,
@@ -88,5 +100,6 @@ class Backend(ABC):
     ) -> torch.Tensor:
         """Residual stream after each block in `layers` at tokens (rows[k], cols[k]).
 
-        Returns [n_selected, len(layers), d_model] (float32, on the model's device).
+        Returns [n_selected, len(layers), d_model] (float32, on the model's device). Call
+        `check_width(batch)` first.
         """

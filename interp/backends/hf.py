@@ -19,6 +19,7 @@ class HFBackend(Backend):
     def residual(
         self, batch: Batch, layers: Sequence[int], rows: torch.Tensor, cols: torch.Tensor
     ) -> torch.Tensor:
+        self.check_width(batch)
         blocks = decoder_layers(self.loaded.model)
         last = max(layers)
         got: dict[int, torch.Tensor] = {}

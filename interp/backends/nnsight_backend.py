@@ -44,6 +44,7 @@ class NNsightBackend(Backend):
     def residual(
         self, batch: Batch, layers: Sequence[int], rows: torch.Tensor, cols: torch.Tensor
     ) -> torch.Tensor:
+        self.check_width(batch)
         batch = batch.to(self.loaded.device)
         rows = rows.to(self.loaded.device)
         cols = cols.to(self.loaded.device)

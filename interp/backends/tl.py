@@ -45,6 +45,7 @@ class TLBackend(Backend):
     def residual(
         self, batch: Batch, layers: Sequence[int], rows: torch.Tensor, cols: torch.Tensor
     ) -> torch.Tensor:
+        self.check_width(batch)
         got: dict[int, torch.Tensor] = {}
 
         def make_hook(layer: int):

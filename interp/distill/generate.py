@@ -83,6 +83,14 @@ def generate_dataset(
     }
     key = config_hash(config)
 
+    from .. import rundir
+
+    rundir.check_file_target(out)
+    if overwrite and out.exists() and not meta_path.is_file():
+        raise SublensError(
+            f"{out} was not written by sublens (no {meta_path.name} beside it): sublens replaces "
+            "only files it wrote; choose another path"
+        )
     if overwrite:
         for p in (out, partial, progress_path, meta_path):
             p.unlink(missing_ok=True)

@@ -26,8 +26,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import rundir
 from ..errors import SublensError
-from ..io import config_hash, git_commit, package_versions, read_json, sha256_file, write_json
+from ..io import (
+    config_hash,
+    git_commit,
+    package_versions,
+    read_json,
+    read_json_dict,
+    sha256_file,
+    write_json,
+)
 from ..models import LoadedModel, load_model
 from ..stats import paired_bootstrap
 from ..steering import SteeringVector
@@ -110,13 +119,62 @@ class RunConfig:
 _SECTIONS = {"teacher": TeacherSpec, "data": DataSpec, "train": TrainConfig, "eval": EvalSpec}
 
 
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a TOML/JSON value fits a dataclass field's type (int, float, bool, str, None,
+    lists/tuples of those, unions); other hints are not checked here."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arm) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if not isinstance(value, (list, tuple)):
+            return False
+        return not args or all(_type_ok(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _kind_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    import math
+    import typing
+
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise SublensError(
             f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
         )
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if dataclasses.is_dataclass(value):
+            continue
+        if not _type_ok(value, hints[key]):
+            raise SublensError(
+                f"{where}: {key} = {value!r} has the wrong type (expected "
+                f"{_kind_name(hints[key])}): fix it in the config file or flag"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SublensError(f"{where}: {key} = {value} is not a finite number")
     try:
         return cls(**data)
     except TypeError as err:
@@ -140,6 +198,35 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
             f"{where}: data.paraphrase with train.objective logit-kl would put the teacher back "
             'through its soft targets on the paraphrased tokens: set train.objective = "sft"'
         )
+    checks = [
+        (cfg.seed >= 0, "seed", "use 0 or more"),
+        (cfg.data.n > 0, "data.n", "use 1 or more rows"),
+        (cfg.data.batch_size > 0, "data.batch_size", "use 1 or more"),
+        (cfg.data.temperature >= 0, "data.temperature", "use 0 (greedy) or more"),
+        (
+            cfg.data.max_new_tokens is None or cfg.data.max_new_tokens > 0,
+            "data.max_new_tokens",
+            "use 1 or more",
+        ),
+        (cfg.data.top_k > 0, "data.top_k", "use 1 or more"),
+        (
+            cfg.eval.n_boot >= 20,
+            "eval.n_boot",
+            "use at least 20 bootstrap replicates (1000+ for a report)",
+        ),
+        (cfg.eval.batch_size > 0, "eval.batch_size", "use 1 or more"),
+        (
+            cfg.eval.n_questions is None or cfg.eval.n_questions > 0,
+            "eval.n_questions",
+            "use 1 or more, or leave it out for all",
+        ),
+    ]
+    for ok, key, fix in checks:
+        if not ok:
+            value = dataclasses.asdict(cfg)
+            for part in key.split("."):
+                value = value[part]
+            raise SublensError(f"{where}: {key} = {value!r} is out of range: {fix}")
     if not 0 < cfg.data.drop_fallback_top < 1:
         raise SublensError(
             f"{where}: data.drop_fallback_top {cfg.data.drop_fallback_top} must be in (0, 1)"
@@ -188,7 +275,9 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = 
         if not p.is_file():
             raise SublensError(f"config file {p} not found: give a TOML file (see README)")
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            data = tomllib.loads(p.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError:
+            raise SublensError(f"config file {p} is not UTF-8 text: save it as UTF-8") from None
         except tomllib.TOMLDecodeError as err:
             raise SublensError(f"config file {p} is not valid TOML: {err}") from None
     for k, v in (overrides or {}).items():
@@ -263,27 +352,48 @@ def difference(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0
     return {"diff": point, "ci_low": lo, "ci_high": hi}
 
 
+def missing_stages(out: Path) -> list[str]:
+    """What a finished distillation run holds and `out` lacks (data, filters, trained students)."""
+    need = [f"data/{n}.jsonl" for n in ("teacher", "control")]
+    need += [f"data/{n}.filter.json" for n in ("teacher", "control")]
+    missing = [p for p in need if not (out / p).is_file()]
+    for name in ("student", "control"):
+        summary = out / name / "summary.json"
+        if not summary.is_file():
+            missing.append(f"{name}/ (a trained {name})")
+        elif not read_json_dict(summary).get("finished", True):
+            missing.append(f"{name}/ (training not finished)")
+        elif not list_checkpoints(out / name):
+            missing.append(f"{name}/checkpoints")
+    return missing
+
+
 def run_distillation(
-    cfg: RunConfig, overwrite: bool = False, quiet: bool = False, stop_after: int | None = None
+    cfg: RunConfig,
+    overwrite: bool = False,
+    quiet: bool = False,
+    stop_after: int | None = None,
+    eval_only: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) every stage; returns the results written to RUN/results.json."""
+    """Run (or resume) every stage; returns the results written to RUN/results.json. With
+    `eval_only`, score the checkpoints already in the run and never generate or train."""
     out = Path(cfg.output_path or f"artifacts/distill/{cfg.trait}-{cfg.teacher.kind}")
     resolved = cfg.to_dict()
     resolved["output_path"] = str(out)
     digest = run_hash(resolved)
     cfg_file = out / "config.json"
-    if cfg_file.is_file() and not overwrite:
-        if read_json(cfg_file).get("hash") != digest:
+    if eval_only:
+        if rundir.open_run(out, "distill", digest) != "same":
+            raise SublensError(f"{out} holds no distillation run: run `sublens distill run` first")
+        missing = missing_stages(out)
+        if missing:
             raise SublensError(
-                f"{out} holds a run with another config: pick another --output-path, or pass "
-                "--overwrite to start it over"
+                f"{out} lacks {', '.join(missing)}: `sublens distill eval` only scores what a run "
+                f"holds; finish it with `sublens distill run --output-path {out}` and the same "
+                "config"
             )
-    elif out.exists() and any(out.iterdir()) and not cfg_file.is_file() and not overwrite:
-        raise SublensError(f"{out} exists and is not a distillation run: pick another path")
-    if overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+        return _evaluate_only(cfg, out, resolved, quiet)
+    rundir.open_run(out, "distill", digest, overwrite)
     write_json(cfg_file, {"hash": digest, "config": resolved})
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     timings: dict[str, float] = {}
@@ -360,7 +470,7 @@ def run_distillation(
             plain = train_rows[name] == data_dir / f"{name}.jsonl"
             tdir = out / "targets" / (name if plain else f"{name}.defended")
             t0 = time.perf_counter()
-            done = (tdir / "targets.json").is_file() and read_json(tdir / "targets.json").get(
+            done = (tdir / "targets.json").is_file() and read_json_dict(tdir / "targets.json").get(
                 "dataset_sha256"
             ) == sha256_file(train_rows[name])
             if not done:
@@ -396,6 +506,27 @@ def run_distillation(
     if stop_after is not None and any(not s.get("finished", True) for s in train_summary.values()):
         return {"stopped_after": stop_after, "train": train_summary}
 
+    stages = (filtered, train_summary, defended)
+    return _score_and_finish(
+        cfg, out, resolved, loaded, trait, teacher, stages, timings, say, t_all
+    )
+
+
+def _score_and_finish(
+    cfg: RunConfig,
+    out: Path,
+    resolved: dict[str, Any],
+    loaded: LoadedModel,
+    trait: Trait,
+    teacher: Teacher,
+    stages: tuple[dict[str, Any], dict[str, Any], dict[str, Any]],
+    timings: dict[str, float],
+    say: Any,
+    t_all: float,
+    total_key: str = "total_s",
+) -> dict[str, Any]:
+    """Evaluate every checkpoint, summarise, and write RUN/results.json (run and eval share it)."""
+    filtered, train_summary, defended = stages
     t0 = time.perf_counter()
     say("evaluating trait scores: base, teacher, student and control checkpoints ...")
     scores = evaluate_run(loaded, trait, cfg, teacher, out)
@@ -408,10 +539,37 @@ def run_distillation(
     results["teacher"] = teacher.describe()
     results["versions"] = package_versions()
     results["git_commit"] = git_commit()
-    timings["total_s"] = round(time.perf_counter() - t_all, 1)
+    timings[total_key] = round(time.perf_counter() - t_all, 1)
     results["timings"] = timings
     write_json(out / "results.json", results)
+    rundir.unlock(out)
     return results
+
+
+def _evaluate_only(
+    cfg: RunConfig, out: Path, resolved: dict[str, Any], quiet: bool
+) -> dict[str, Any]:
+    """Score a finished run in place: its data and students are read, never regenerated."""
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    t_all = time.perf_counter()
+    trait = get_trait(cfg.trait)
+    loaded = load_model(cfg.model, device=cfg.device)
+    teacher = make_teacher(loaded, cfg, trait)
+    data_dir = out / "data"
+    filtered = {n: read_json(data_dir / f"{n}.filter.json") for n in ("teacher", "control")}
+    train_summary = {n: read_json(out / n / "summary.json") for n in ("student", "control")}
+    defended = {
+        n: read_json(data_dir / f"{n}.defense.json")
+        for n in ("teacher", "control")
+        if (data_dir / f"{n}.defense.json").is_file()
+    }
+    old = read_json(out / "results.json") if (out / "results.json").is_file() else {}
+    timings = dict(old.get("timings") or {})
+    timings.pop("reeval_total_s", None)
+    stages = (filtered, train_summary, defended)
+    return _score_and_finish(
+        cfg, out, resolved, loaded, trait, teacher, stages, timings, say, t_all, "reeval_total_s"
+    )
 
 
 def evaluate_run(

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -44,6 +45,7 @@ from ..io import (
     iter_jsonl,
     package_versions,
     read_json,
+    read_json_dict,
     sha256_file,
     sha256_text,
     write_json,
@@ -59,6 +61,7 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 END_OF_TURN = "<|im_end|>"
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
+RESUME_DIR = "resume"  # checkpoints/resume: Ctrl-C state, never a step_N checkpoint
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -572,12 +575,17 @@ def _save_checkpoint(
     chash: str,
     n_rows: int,
     batch_size: int,
+    resume: bool = False,
 ) -> Path:
     """Write checkpoint `step` to a temp dir, rename it into place, then point `latest` at it.
-    A failure (disk full) leaves the previous `latest` and its checkpoint untouched."""
+    A failure (disk full) leaves the previous `latest` and its checkpoint untouched.
+
+    `resume=True` writes `checkpoints/resume` instead (the state of a Ctrl-C between periodic
+    checkpoints) and leaves `latest` alone: it is no `step_N`, so evaluation, curves and scores
+    never see it, and an interrupted run resumed ends with the uninterrupted run's outputs."""
     ck_root = out_dir / "checkpoints"
     ck_root.mkdir(parents=True, exist_ok=True)
-    name = _step_name(step)
+    name = RESUME_DIR if resume else _step_name(step)
     final = ck_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ck_root))
     try:
@@ -587,22 +595,16 @@ def _save_checkpoint(
             weights = {n: p.detach().cpu().contiguous() for n, p in student.named_trainable}
             save_file(weights, str(tmp / "model.safetensors"))
         per_epoch = math.ceil(n_rows / batch_size)
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "step": step,
-            "epoch": step // per_epoch,
-            "batch_in_epoch": step % per_epoch,
-        }
-        torch.save(state, tmp / "state.pt")
+        torch.save(_train_state(optimizer, scheduler, step, per_epoch), tmp / "state.pt")
         meta = {"step": step, "loss": loss, "config_hash": chash, "lora": student.lora}
+        if resume:
+            meta["resume"] = True
         write_json(tmp / "meta.json", meta)
         if final.exists():  # a complete but unreferenced copy from an interrupted run
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
-        write_json(ck_root / "latest", {"step": step, "checkpoint": name})
+        if not resume:
+            write_json(ck_root / "latest", {"step": step, "checkpoint": name})
     except OSError as err:
         prev = _latest(out_dir)
         keep = f"latest is still {prev[1].name}" if prev else "no checkpoint was kept"
@@ -616,19 +618,116 @@ def _save_checkpoint(
     return final
 
 
+def _discard(ck: Path) -> None:
+    """Delete a checkpoint directory, meta.json first: a deletion cut short leaves no directory
+    that still looks complete."""
+    with contextlib.suppress(FileNotFoundError):
+        (ck / "meta.json").unlink()
+    shutil.rmtree(ck, ignore_errors=True)
+
+
+def _resume_point(out_dir: Path, after: int, chash: str) -> tuple[int, Path] | None:
+    """The Ctrl-C resume state if it is newer than the last periodic checkpoint (`after`);
+    an older or incomplete one is deleted."""
+    ck = out_dir / "checkpoints" / RESUME_DIR
+    if not ck.is_dir():
+        return None
+    meta_path = ck / "meta.json"
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    step = meta.get("step")
+    if not isinstance(step, int) or step <= after:
+        _discard(ck)
+        return None
+    if meta.get("config_hash") != chash:
+        raise SublensError(f"{ck} was written by another config: pass overwrite to start over")
+    return step, ck
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """`obj` as dicts, lists, tuples, numbers, strings, None and tensors only: the types
+    `torch.load(weights_only=True)` reads back without unpickling (running) anything else."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return tuple(items) if isinstance(obj, tuple) else items
+    raise TypeError(f"{where} is a {type(obj).__name__}, which a safe checkpoint cannot hold")
+
+
+def _train_state(
+    optimizer: torch.optim.Optimizer, scheduler: Any, step: int, per_epoch: int
+) -> dict[str, Any]:
+    """What resume needs besides the weights, in types a weights-only load accepts."""
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "step": step,
+        "epoch": step // per_epoch,
+        "batch_in_epoch": step % per_epoch,
+    }
+    return _plain(state, "state")
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """`state.pt` loaded without running code from the run directory (`weights_only=True`: a
+    pickle naming anything but tensors and plain containers is refused, not executed)."""
+    if not path.is_file():
+        raise SublensError(f"{path} is missing: rerun with overwrite to start over")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a global outside the allowlist: refused, never called
+        raise SublensError(
+            f"{path} holds objects other than tensors and plain values, so it was not loaded "
+            "(that could run code): it was written by an older sublens or altered; retrain with "
+            "overwrite"
+        ) from None
+    except Exception as err:  # a truncated or foreign file
+        raise SublensError(
+            f"{path} is unreadable ({type(err).__name__}): retrain with overwrite"
+        ) from None
+    if not (
+        isinstance(state, dict)
+        and isinstance(state.get("optimizer"), dict)
+        and isinstance(state.get("scheduler"), dict)
+        and isinstance(state.get("torch_rng"), torch.Tensor)
+    ):
+        raise SublensError(
+            f"{path} is not a sublens training state: retrain with overwrite to start over"
+        )
+    return state
+
+
 def _restore(
     ck: Path,
     student: _Student,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
 ) -> None:
+    path = ck / "state.pt"
+    state = _read_state(path)
+    # LRScheduler.load_state_dict copies every key into its __dict__: accept only its own keys.
+    foreign = sorted(map(str, set(state["scheduler"]) - set(scheduler.state_dict())))
+    if foreign:
+        raise SublensError(
+            f"{path} holds a scheduler state with unknown keys ({', '.join(foreign)[:80]}): "
+            "retrain with overwrite"
+        )
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise SublensError(
+            f"{path} does not fit this run's optimizer ({type(err).__name__}): "
+            "retrain with overwrite to start over"
+        ) from None
     _load_weights(ck, student)
-    state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def _load_weights(ck: Path, student: _Student) -> None:
@@ -728,29 +827,14 @@ def _divergence_mask(
 
 
 def _prepare_out(out_dir: Path, identity: dict[str, Any], chash: str, overwrite: bool) -> None:
+    """Claim the run directory (`interp.rundir`): a run of another config is refused unless
+    `overwrite`, which removes only what sublens wrote there."""
+    from .. import rundir
+
+    rundir.open_run(
+        out_dir, "train", chash, overwrite, config_file="train.json", field="config_hash"
+    )
     record = out_dir / "train.json"
-    if record.is_file():
-        old = read_json(record).get("config_hash")
-        if old != chash and not overwrite:
-            raise SublensError(
-                f"{out_dir} holds a training run with another config (hash {old}, this one "
-                f"{chash}): pick a new output directory or pass overwrite to replace it"
-            )
-        if old != chash or overwrite:
-            for name in ("checkpoints", "curves.jsonl", "summary.json", "train.json"):
-                p = out_dir / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-    elif overwrite:
-        for name in ("checkpoints", "curves.jsonl", "summary.json"):
-            p = out_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not record.is_file():
         write_json(
             record, {**identity, "config_hash": chash, "package_versions": package_versions()}
@@ -860,11 +944,12 @@ def train_student(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
 
     latest = _latest(out)
-    start = 0
+    start = saved = 0  # saved: the step of the last periodic (step_N) checkpoint
     if latest is not None:
-        start, ck = latest
-        if read_json(ck / "meta.json").get("config_hash") != chash:
+        saved, ck = latest
+        if read_json_dict(ck / "meta.json").get("config_hash") != chash:
             raise SublensError(f"{ck} was written by another config: pass overwrite to start over")
+        start, ck = _resume_point(out, saved, chash) or latest
         if start >= total and not (ck / "state.pt").is_file():
             _load_weights(ck, student)  # finished, optimizer state pruned: nothing left to train
         else:
@@ -874,9 +959,11 @@ def train_student(
     # Drop lines past the checkpoint we resume from (atomically: earlier lines are never lost).
     write_text(curves_path, "".join(json.dumps(c) + "\n" for c in curves))
     if latest is None:
+        _discard(out / "checkpoints" / RESUME_DIR)
         _save_checkpoint(out, 0, student, optimizer, scheduler, None, chash, n, config.batch_size)
 
-    last_saved = start
+    last_saved = saved  # the last step_N checkpoint
+    resumable = start  # the last state a rerun would resume from (step_N or resume)
     done = start
     in_update = False
     saving = False
@@ -885,14 +972,19 @@ def train_student(
     end = total if stop_after is None else min(total, start + stop_after)
     last_loss = curves[-1]["loss"] if curves else None
 
+    def periodic(step: int) -> bool:
+        every = config.checkpoint_every
+        return step == total or bool(every and step % every == 0)
+
     def save(step: int) -> None:
-        nonlocal last_saved, saving
+        nonlocal last_saved, resumable, saving
         saving = True
         _save_checkpoint(
             out, step, student, optimizer, scheduler, last_loss, chash, n, config.batch_size
         )
+        last_saved = resumable = step
+        _discard(out / "checkpoints" / RESUME_DIR)  # older than this checkpoint now
         saving = False
-        last_saved = step
 
     bar = tqdm(total=total, initial=start, disable=quiet, desc="train", unit="step")
     try:
@@ -918,14 +1010,12 @@ def train_student(
                 if not math.isfinite(gn):
                     _raise_nonfinite("gradient norm", gn, step, out)
                 lr = optimizer.param_groups[0]["lr"]
+                n_tok = sum(len(examples[i].input_ids) for i in idx)
+                # From the update until its curve line is written a Ctrl-C saves nothing: the
+                # weights and the curve would disagree by a step (rerun from the last state).
                 in_update = True
                 optimizer.step()
                 scheduler.step()
-                in_update = False
-                done = step + 1
-                last_loss = value
-                n_tok = sum(len(examples[i].input_ids) for i in idx)
-                tokens += n_tok
                 rec = {
                     "step": step,
                     "loss": value,
@@ -937,17 +1027,38 @@ def train_student(
                 curves.append(rec)
                 curve_file.write(json.dumps(rec) + "\n")
                 curve_file.flush()
+                done = step + 1
+                last_loss = value
+                tokens += n_tok
+                in_update = False
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
-                every = config.checkpoint_every
-                if done == total or (every and done % every == 0):
+                if periodic(done):
                     save(done)
-        if done > last_saved:  # stopped early by stop_after
+        if done > last_saved:  # stopped early by stop_after (or resumed at the end)
             save(done)
     except KeyboardInterrupt:
-        # Keep the progress of a Ctrl-C between updates (never a half-applied optimizer step).
-        if not in_update and not saving and done > last_saved:
-            save(done)
+        # Keep the progress of a Ctrl-C between updates (never a half-applied optimizer step),
+        # as the periodic checkpoint due at this step or else as checkpoints/resume: no extra
+        # step_N, so curves, checkpoints and scores end as in an uninterrupted run.
+        if not in_update and not saving and done > resumable:
+            # A full disk now loses only the steps since the last state; still exit as Ctrl-C.
+            with contextlib.suppress(SublensError):
+                if periodic(done):
+                    save(done)
+                else:
+                    _save_checkpoint(
+                        out,
+                        done,
+                        student,
+                        optimizer,
+                        scheduler,
+                        last_loss,
+                        chash,
+                        n,
+                        config.batch_size,
+                        resume=True,
+                    )
         raise
     finally:
         bar.close()
@@ -972,6 +1083,9 @@ def train_student(
             defenses["project_out"]["forwards"] = {str(k): v for k, v in projected.items()}
         summary["defenses"] = defenses
     write_json(out / "summary.json", summary)
+    from .. import rundir
+
+    rundir.unlock(out)
     return summary
 
 
@@ -1003,9 +1117,15 @@ def load_student(base: LoadedModel, checkpoint_dir: str | os.PathLike) -> Loaded
     init_from = None
     record = ck.parent.parent / "train.json"
     if record.is_file():
-        init_from = (read_json(record).get("config") or {}).get("init_from")
+        init_from = (read_json_dict(record).get("config") or {}).get("init_from")
     model = copy.deepcopy(init_model(base, init_from).model)
     if (ck / "adapter").is_dir():
+        if not (ck / "adapter" / "adapter_model.safetensors").is_file():
+            # peft would fall back to a pickled adapter_model.bin (or the Hub): never from a run
+            raise SublensError(
+                f"{ck / 'adapter'} has no adapter_model.safetensors: the checkpoint is incomplete "
+                "or not sublens's; retrain with overwrite"
+            )
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(ck / "adapter")).merge_and_unload()
