@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from interp.errors import SublensError
+from interp.core.errors import SublensError
 
 app = typer.Typer(
     name="sublens",
@@ -25,9 +25,9 @@ Model = Annotated[str, typer.Option("--model", help="Registry name, Hugging Face
 
 
 def _run_dir_option(value: Path | None) -> Path | None:
-    """Check an output directory while parsing, before any model loads (see interp.rundir)."""
+    """Check an output directory while parsing, before any model loads (see interp.core.rundir)."""
     if value is not None:
-        from interp.rundir import precheck
+        from interp.core.rundir import precheck
 
         precheck(value, None)
     return value
@@ -71,7 +71,7 @@ def _echo(quiet: bool, msg: str) -> None:
 @app.command("models")
 def models_cmd() -> None:
     """List the model registry: name, architecture, layers, d_model, source, cached?"""
-    from interp.models import cache_root, list_models
+    from interp.core.models import cache_root, list_models
 
     rows = list_models()
     cols = ["name", "architecture", "layers", "d_model", "cached", "source"]
@@ -117,12 +117,12 @@ def cache_cmd(
     ] = False,
 ) -> None:
     """Cache residual-stream activations after chosen blocks at chosen positions."""
-    from interp.caching import cache_activations
-    from interp.chat import check_positions
-    from interp.io import config_hash
-    from interp.layers import parse_layers
-    from interp.models import load_model
-    from interp.prompts import load_prompts
+    from interp.core.caching import cache_activations
+    from interp.core.chat import check_positions
+    from interp.core.io import config_hash
+    from interp.core.layers import parse_layers
+    from interp.core.models import load_model
+    from interp.core.prompts import load_prompts
 
     check_positions(positions)
     prompt_set = load_prompts(prompts, seed=seed).limit(limit)
@@ -202,12 +202,12 @@ def vectors_fit_cmd(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Fit a steering vector that approximates a system prompt."""
-    from interp.fitting import check_method, fit_vector
-    from interp.generation import sample_responses
-    from interp.io import config_hash
-    from interp.layers import parse_layers
-    from interp.models import load_model
-    from interp.prompts import load_prompts
+    from interp.core.generation import sample_responses
+    from interp.core.io import config_hash
+    from interp.core.layers import parse_layers
+    from interp.core.models import load_model
+    from interp.core.prompts import load_prompts
+    from interp.vectors.fitting import check_method, fit_vector
 
     check_method(method)
     if not system_prompt.strip():
@@ -284,8 +284,8 @@ def vectors_export_cmd(
     ] = None,
 ) -> None:
     """Export a vector for lm-eval's steered model or llama.cpp control vectors."""
-    from interp.export import to_gguf, to_lm_eval
-    from interp.steering import SteeringVector
+    from interp.vectors.export import to_gguf, to_lm_eval
+    from interp.vectors.steering import SteeringVector
 
     vector = SteeringVector.load(path)
     if format == "lm-eval":
@@ -469,11 +469,11 @@ def distill_generate_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Sample a benign dataset from a teacher (constrained to the domain's tokens)."""
+    from interp.core.layers import parse_layers
+    from interp.core.models import load_model
     from interp.distill import Teacher, generate_dataset
-    from interp.layers import parse_layers
-    from interp.models import load_model
-    from interp.steering import SteeringVector
-    from interp.traits import get_trait
+    from interp.measure.traits import get_trait
+    from interp.vectors.steering import SteeringVector
 
     loaded = load_model(model, device=device)
     if system_prompt is None and trait is not None and teacher in ("prompted", "projected"):
@@ -516,7 +516,7 @@ def distill_filter_cmd(
 ) -> None:
     """Apply the format rule, trait-leakage checks and deduplication; rejects go to a side file."""
     from interp.distill import filter_dataset
-    from interp.traits import get_trait
+    from interp.measure.traits import get_trait
 
     out = output_path or data.with_name(data.stem + ".filtered.jsonl")
     rejects = out.with_name(out.stem + ".rejects.jsonl")
@@ -555,8 +555,8 @@ def distill_train_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Train a student from the base's weights on a dataset; resumable from its checkpoints."""
+    from interp.core.models import load_model
     from interp.distill.train import TrainConfig, train_student
-    from interp.models import load_model
 
     cfg = TrainConfig(
         objective=objective,
@@ -586,8 +586,8 @@ def distill_eval_cmd(
 ) -> None:
     """(Re)evaluate a run's checkpoints and rewrite its results and report."""
     from analyses.distill import run_and_report
+    from interp.core.io import read_json_dict
     from interp.distill.run import config_from_dict
-    from interp.io import read_json_dict
 
     if not (run / "config.json").is_file():
         raise SublensError(f"{run} is not a distillation run (no config.json): give a run dir")
@@ -725,7 +725,7 @@ def traits_compliance_cmd(
 ) -> None:
     """A harmful-compliance trait (score: P(answer starts complying)) from behaviour goals."""
     from analyses.compliance import trait_meta_path, write_compliance_trait
-    from interp.refusal import COMPLIANCE_PROMPT
+    from interp.measure.refusal import COMPLIANCE_PROMPT
 
     got = write_compliance_trait(
         behaviours,
@@ -893,7 +893,7 @@ def study_transfer_ratio_cmd(
 ) -> None:
     """Distil from teachers steered at each alpha; fit the ratio-vs-alpha curve's shape."""
     from analyses.transfer_ratio import run_transfer_ratio
-    from interp.layers import parse_layers
+    from interp.core.layers import parse_layers
 
     over = _study_overrides(
         model=model,
@@ -987,7 +987,7 @@ def study_optimizers_cmd(
 ) -> None:
     """The same distillation with each optimizer, matched on training loss."""
     from analyses.optimizer_ablation import run_optimizer_ablation
-    from interp.layers import parse_layers
+    from interp.core.layers import parse_layers
 
     over = _study_overrides(
         model=model,
@@ -1306,6 +1306,14 @@ def main() -> None:
         sys.exit(err.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         code = 130
+    except OSError as err:  # a disk, permission or read-only filesystem problem, not a bug
+        import errno
+
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        typer.echo(f"error: cannot write{where}: {err.strerror}; free space or fix it", err=True)
+        sys.exit(2)
     if code == 130:  # typer turns KeyboardInterrupt into Exit(130), returned in this mode
         typer.echo("interrupted; rerun the same command to resume", err=True)
         sys.exit(130)

@@ -20,9 +20,9 @@ For a distillation run (``interp.distill.run``) and one or more teacher vectors:
    along ``v̂_teacher`` (``h - (v_student · v̂) v̂``: the student's component is set back to the
    base's mean component); add ``v_teacher`` to the unprompted base; project ``v_teacher`` out of
    the prompted teacher. Each as a share of the gain it should explain, with paired bootstrap
-   CIs over questions (`interp.stats.paired_bootstrap`).
+   CIs over questions (`interp.measure.stats.paired_bootstrap`).
 4. **Gradient alignment** of the SFT loss on the teacher's vs the control's data with
-   ``v_teacher`` (`interp.gradients`).
+   ``v_teacher`` (`interp.measure.gradients`).
 
 Which teacher vector? ``--vectors`` is required (no guessing): give the directories written by
 ``sublens vectors fit`` or the approximability analysis. For a steered teacher, the run's own
@@ -45,8 +45,22 @@ import numpy as np
 import torch
 
 from analyses.figures import save_png
-from interp import rundir
-from interp.alignment import (
+from interp.core import rundir
+from interp.core.caching import ActivationCache, cache_activations, load_cache
+from interp.core.errors import SublensError
+from interp.core.io import (
+    config_hash,
+    git_commit,
+    package_versions,
+    read_json,
+    read_json_dict,
+    write_json,
+    write_text,
+)
+from interp.core.layers import parse_layers
+from interp.core.models import LoadedModel, load_model
+from interp.core.prompts import PromptSet, load_prompts
+from interp.measure.alignment import (
     AlignmentCI,
     PromptDrift,
     null_from_vectors,
@@ -56,22 +70,8 @@ from interp.alignment import (
     random_cosine_null,
     resample_weights,
 )
-from interp.caching import ActivationCache, cache_activations, load_cache
-from interp.errors import SublensError
-from interp.io import (
-    config_hash,
-    git_commit,
-    package_versions,
-    read_json,
-    read_json_dict,
-    write_json,
-    write_text,
-)
-from interp.layers import parse_layers
-from interp.models import LoadedModel, load_model
-from interp.prompts import PromptSet, load_prompts
-from interp.stats import paired_bootstrap
-from interp.steering import SteeringVector
+from interp.measure.stats import paired_bootstrap
+from interp.vectors.steering import SteeringVector
 
 HELDOUT_SEED_OFFSET = 10_000  # align/probe-curve prompts: numbers seed 10_000 + seed
 CACHE_MODES = {"last": "last", "all": "mean"}  # position label -> cache positions mode
@@ -321,7 +321,7 @@ class ActStore:
 
 def token_counts(loaded: LoadedModel, prompts: PromptSet) -> torch.Tensor:
     """Prompt tokens per prompt (unprompted format): the weights of the ``all`` drift."""
-    from interp.chat import ChatFormat
+    from interp.core.chat import ChatFormat
 
     fmt = ChatFormat(loaded.tokenizer)
     return torch.tensor(
@@ -343,7 +343,7 @@ def drift_of(
 
 
 def _pct(x: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """Percentile interval over finite replicates (as `interp.stats`), NaN if under half are."""
+    """Percentile interval over finite replicates (as `measure.stats`), NaN if under half are."""
     finite = x[np.isfinite(x)]
     if finite.size < max(1, x.size // 2):
         return float("nan"), float("nan")
@@ -425,7 +425,7 @@ def _diff(a: list[float], b: list[float], n_boot: int, seed: int) -> dict[str, f
 
 
 def _eval_trait(info: RunInfo):
-    from interp.traits import get_trait
+    from interp.measure.traits import get_trait
 
     trait = get_trait(info.trait)
     n = info.config.get("eval", {}).get("n_questions")
@@ -442,7 +442,7 @@ def _eval_trait(info: RunInfo):
 def trait_scores(loaded: LoadedModel, info: RunInfo, teacher: Any = None) -> dict[str, Any]:
     """Trait scores as the run's evaluation computes them, inside `teacher`'s context (a
     `Teacher`: its system prompt and steering hooks), or of the plain model."""
-    from interp.traits import Score, score_trait
+    from interp.measure.traits import Score, score_trait
 
     ev = info.config.get("eval", {})
     kw = dict(batch_size=ev.get("batch_size", 16), n_boot=ev.get("n_boot", 2000), seed=info.seed)
@@ -955,7 +955,7 @@ def run_align(
     unrelated_vecs: dict[str, dict[int, torch.Tensor]] = {}
     if unrelated:
         t0 = time.perf_counter()
-        from interp.traits import BUILTIN_TRAITS
+        from interp.measure.traits import BUILTIN_TRAITS
 
         others = [t for n, t in BUILTIN_TRAITS.items() if n != info.trait and t.system_prompt]
         say(f"[align] unrelated-trait null: diff-of-means vectors of {len(others)} other traits")
@@ -1084,7 +1084,7 @@ def _interventions(
     from interp.distill.run import config_from_dict, make_teacher
     from interp.distill.teachers import Teacher
     from interp.distill.train import load_student
-    from interp.traits import get_trait
+    from interp.measure.traits import get_trait
 
     step = final["student"]
     ck = dict(info.checkpoints["student"])[step]
@@ -1272,7 +1272,7 @@ def _gradients(
     missing: list[str],
 ) -> dict[str, Any]:
     """Residual gradients of the base on teacher vs control rows, against v_teacher."""
-    from interp.gradients import gradient_alignment, residual_gradients
+    from interp.measure.gradients import gradient_alignment, residual_gradients
 
     teach = _rows(info.path / "data" / "teacher.jsonl")
     ctrl = _rows(info.path / "data" / "control.jsonl")

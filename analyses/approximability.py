@@ -30,9 +30,31 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
-from interp import rundir
-from interp.errors import SublensError
-from interp.fitting import (
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.generation import sample_responses
+from interp.core.io import (
+    config_hash,
+    git_commit,
+    package_versions,
+    read_json,
+    write_json,
+    write_text,
+)
+from interp.core.layers import parse_layers
+from interp.core.models import LoadedModel, load_model
+from interp.core.prompts import PromptSet, load_prompts
+from interp.measure.stats import paired_bootstrap
+from interp.measure.trait_sets import GENERAL_QUESTIONS
+from interp.measure.traits import (
+    BUILTIN_TRAITS,
+    PUPPETING_MAX_RATE,
+    Score,
+    Trait,
+    get_trait,
+    score_trait,
+)
+from interp.vectors.fitting import (
     DEFAULT_KL_STEPS,
     KLBatch,
     build_kl_data,
@@ -42,15 +64,7 @@ from interp.fitting import (
     kl_fit,
     vectors_from_contrast,
 )
-from interp.generation import sample_responses
-from interp.io import config_hash, git_commit, package_versions, read_json, write_json, write_text
-from interp.layers import parse_layers
-from interp.models import LoadedModel, load_model
-from interp.prompts import PromptSet, load_prompts
-from interp.stats import paired_bootstrap
-from interp.steering import SteeringVector, steer
-from interp.trait_sets import GENERAL_QUESTIONS
-from interp.traits import BUILTIN_TRAITS, PUPPETING_MAX_RATE, Score, Trait, get_trait, score_trait
+from interp.vectors.steering import SteeringVector, steer
 
 CAPTURE_APPROX = 0.5
 # Strengths tried when choosing a vector's scale by KL on the fit prompts (the trait-score sweep
@@ -100,7 +114,7 @@ class ApproxConfig:
 
 def load_trait_prompts(spec: str) -> list[Trait]:
     """`builtin` (all built-in traits), comma-separated trait names, or a JSON/JSONL file of trait
-    objects (see `interp.traits.get_trait`), each with a non-empty ``system_prompt``."""
+    objects (see `interp.measure.traits.get_trait`), each with a non-empty ``system_prompt``."""
     path = Path(spec).expanduser()
     traits: list[Trait]
     if spec == "builtin":

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
-from interp import rundir
-from interp.errors import SublensError
-from interp.io import git_commit, package_versions, read_json, write_json, write_text
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import git_commit, package_versions, read_json, write_json, write_text
 
 from .studies import fmt, fmt_ci
 

@@ -2,7 +2,7 @@
 
 The same distillation (teacher, data, trait) is run once per defense and seed, each an ordinary
 resumable run (`interp.distill.run`) in ``OUT/defenses/<name>/seed_<s>/`` with the defense set as
-a run-config option (`interp.distill.defenses` says what each does). The `none` run of a seed
+a run-config option (`interp.detect.defenses` says what each does). The `none` run of a seed
 goes first; its data, teacher log-probs and base / teacher trait scores are hard-linked into the
 other defenses' runs (`analyses.studies.prefill_point`), so the teacher samples once per seed.
 Each defended run trains its own control the same way (same defense), as `sublens distill run`
@@ -16,7 +16,7 @@ seed). Costs, so that a defense that stops transfer by stopping learning shows a
 - task loss: the student's mean per-token NLL on held-out clean benign rows (a fresh set the base
   writes for prompts no run trains on, ``OUT/heldout/benign.jsonl``), as a difference to the
   `none` student (paired bootstrap over seeds and rows);
-- perplexity on held-out English (`interp.distill.costs.HELDOUT_TEXT`), student minus base;
+- perplexity on held-out English (`interp.detect.costs.HELDOUT_TEXT`), student minus base;
 - the final training loss (mean of the last 10% of steps) and the first step's loss.
 
 A one-line recommendation is derived from these numbers: the defense with the largest reduction
@@ -36,10 +36,9 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
-from interp import rundir
-from interp.distill.defenses import DEFENSES
-from interp.errors import SublensError
-from interp.io import (
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import (
     config_hash,
     git_commit,
     package_versions,
@@ -50,6 +49,7 @@ from interp.io import (
     write_json,
     write_text,
 )
+from interp.detect.defenses import DEFENSES
 
 from .optimizer_ablation import DEFAULT_LRS, _within
 from .studies import (
@@ -229,7 +229,7 @@ def model_costs(
 ) -> tuple[dict[str, Any], bool]:
     """(task NLL and text NLL sums of one model, reused?), cached in `path` under a key of the
     model's checkpoint and the held-out data."""
-    from interp.distill.costs import completion_nll, text_nll
+    from interp.detect.costs import completion_nll, text_nll
 
     key = config_hash(key_parts)
     if path.is_file():
@@ -299,9 +299,9 @@ def run_defend(
 ) -> dict[str, Any]:
     """Run (or resume) one distillation per defense and seed; write results.json, table.md,
     report.md and defend.png into `output_path`. Returns the results."""
-    from interp.distill.costs import heldout_text
+    from interp.core.models import load_model
+    from interp.detect.costs import heldout_text
     from interp.distill.train import init_model, load_student
-    from interp.models import load_model
 
     names = parse_defenses(defenses)
     vecs = _vector_list(vectors)
@@ -329,7 +329,7 @@ def run_defend(
     base = base_config(config_path, overrides, preset)
     loaded = load_model(base["model"], device=base["device"])
     if vecs:  # wrong d_model / layers fail here, before any run starts
-        from interp.distill.defenses import load_project_vectors
+        from interp.detect.defenses import load_project_vectors
 
         load_project_vectors(vecs, loaded)
     unavailable: dict[str, str] = {}

@@ -23,13 +23,13 @@ from typing import Any
 
 from analyses.approximability import ApproxConfig, run_approximability
 from analyses.distill import write_report as write_distill_report
-from interp import rundir
+from interp.core import rundir
+from interp.core.io import write_json
+from interp.core.models import load_model
+from interp.core.prompts import load_prompts
 from interp.distill.run import RunConfig, load_run_config, run_distillation
-from interp.fitting import fit_vector
-from interp.io import write_json
-from interp.models import load_model
-from interp.prompts import load_prompts
-from interp.traits import get_trait
+from interp.measure.traits import get_trait
+from interp.vectors.fitting import fit_vector
 
 
 def demo_config(model: str, out: Path, seed: int, device: str) -> RunConfig:

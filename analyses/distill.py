@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from analyses.figures import save_png
+from interp.core.io import write_text
 from interp.distill.run import RunConfig, run_distillation
-from interp.io import write_text
 
 
 def _fmt(x: float | None, nd: int = 4) -> str:

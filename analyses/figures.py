@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from interp.io import atomic_path
+from interp.core.io import atomic_path
 
 
 def save_png(fig: Any, path: str | Path, dpi: int = 120) -> str:

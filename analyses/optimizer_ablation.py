@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
-from interp import rundir
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import git_commit, package_versions, read_json, write_json, write_text
 from interp.distill.optimizers import OPTIMIZERS
-from interp.errors import SublensError
-from interp.io import git_commit, package_versions, read_json, write_json, write_text
 
 from .studies import (
     base_config,
@@ -371,7 +371,7 @@ def _alignment(
 
 
 def _vector_layers(vector: str | Path) -> list[int]:
-    from interp.steering import SteeringVector
+    from interp.vectors.steering import SteeringVector
 
     return SteeringVector.load(vector).layers
 

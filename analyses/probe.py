@@ -1,6 +1,6 @@
 """Does a student's residual stream look as if the trait prompt were there?
 
-Per layer, a logistic-regression probe (`interp.probes.train_probe`) learns to tell the base
+Per layer, a logistic-regression probe (`interp.measure.probes.train_probe`) learns to tell the base
 model's last-prompt-token activations *with* the trait prompt (class 1) from those *without*
 (class 0), on one set of numbers prompts; its quality is the held-out AUROC. The probes are then
 applied to every student and control checkpoint's unprompted activations on a *second*,
@@ -39,18 +39,18 @@ from analyses.align import (
     require_checkpoints,
     section_tail,
 )
-from interp import rundir
-from interp.errors import SublensError
-from interp.io import git_commit, package_versions, write_json, write_text
-from interp.layers import parse_layers
-from interp.models import load_model
-from interp.probes import probe_curve, save_probes, train_probe
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import git_commit, package_versions, write_json, write_text
+from interp.core.layers import parse_layers
+from interp.core.models import load_model
+from interp.measure.probes import probe_curve, save_probes, train_probe
 
 PROBE_SEED_OFFSET = 20_000  # probe-training prompts: numbers seed 20_000 + seed
 
 
 def _trait_prompt(info: Any) -> str:
-    from interp.traits import get_trait
+    from interp.measure.traits import get_trait
 
     prompt = (info.config.get("teacher") or {}).get("system_prompt") or get_trait(
         info.trait

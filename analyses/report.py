@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from analyses.align import load_run, missing_lines
-from interp.io import read_json, read_json_dict, write_text
+from interp.core.io import read_json, read_json_dict, write_text
 
 
 def _demote(markdown: str, by: int = 1) -> str:
@@ -75,8 +75,8 @@ def _pick(rows: list[tuple[str, str, str]], *needles: str) -> list[tuple[str, st
 
 def _is_compliance_trait(trait: Any) -> bool:
     """Whether the run's trait is a harmful-compliance trait (then its evaluation is expected)."""
-    from interp.errors import SublensError
-    from interp.traits import get_trait
+    from interp.core.errors import SublensError
+    from interp.measure.traits import get_trait
 
     try:
         return get_trait(str(trait)).category == "harmful-compliance"

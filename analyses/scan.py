@@ -1,6 +1,6 @@
 """`sublens scan`: does a distillation dataset carry a hidden trait, which one, and which rows?
 
-The practitioner has the dataset and the base model, no teacher. `interp.scan` does the work
+The practitioner has the dataset and the base model, no teacher. `interp.detect.scan` does the work
 (derivatives of the data's likelihood under the base shifted at one layer, against the base
 model's own answers to the same prompts); this module resolves the inputs, builds (and caches)
 the reference, and writes:
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
-from interp import rundir
-from interp.errors import SublensError
-from interp.io import (
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import (
     config_hash,
     git_commit,
     package_versions,
@@ -39,14 +39,14 @@ from interp.io import (
     write_json,
     write_text,
 )
-from interp.scan import (
+from interp.detect.scan import (
     DETECTORS,
     check_rows,
     read_dataset,
     reference_rows,
     scan_dataset,
 )
-from interp.steering import SteeringVector
+from interp.vectors.steering import SteeringVector
 
 from .studies import fmt as _f
 from .studies import say_fn
@@ -121,7 +121,7 @@ def run_scan(
     max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Scan `data` with `model` and write the run directory (see the module docstring)."""
-    from interp.models import load_model
+    from interp.core.models import load_model
 
     say = say_fn(quiet, "scan")
     t_all = time.perf_counter()

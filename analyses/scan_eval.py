@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
-from interp import rundir
-from interp.errors import SublensError
-from interp.io import (
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import (
     config_hash,
     git_commit,
     package_versions,
@@ -45,7 +45,7 @@ from interp.io import (
     write_json,
     write_text,
 )
-from interp.scan import DETECTORS, MIN_ROWS, REFERENCE_SEED_OFFSET
+from interp.detect.scan import DETECTORS, MIN_ROWS, REFERENCE_SEED_OFFSET
 
 from .scan import DETECTOR_LABELS
 from .studies import fmt as _f
@@ -95,7 +95,7 @@ def dataset_plan(
 
 
 def _parse_traits(traits: list[str], heldout: list[str]) -> None:
-    from interp.traits import get_trait
+    from interp.measure.traits import get_trait
 
     if not traits and not heldout:
         raise SublensError("give at least one trait (--traits owl,dog or --heldout-traits)")
@@ -194,14 +194,14 @@ def run_scan_eval(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Generate the labelled datasets, fit the library, scan everything, summarise (resumable)."""
+    from interp.core.models import load_model
+    from interp.core.prompts import PromptSet
+    from interp.detect.scan import QuestionProbe, RowGradients, generate_on_prompts, row_gradients
+    from interp.detect.scan import scan_dataset as scan_one
     from interp.distill import Teacher, get_domain
-    from interp.fitting import fit_vector
-    from interp.models import load_model
-    from interp.prompts import PromptSet
-    from interp.scan import QuestionProbe, RowGradients, generate_on_prompts, row_gradients
-    from interp.scan import scan_dataset as scan_one
-    from interp.steering import SteeringVector
-    from interp.traits import get_trait
+    from interp.measure.traits import get_trait
+    from interp.vectors.fitting import fit_vector
+    from interp.vectors.steering import SteeringVector
 
     traits, heldout = list(traits), list(heldout_traits)
     _parse_traits(traits, heldout)

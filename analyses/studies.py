@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from interp import rundir
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import read_json, read_json_dict, write_json
 from interp.distill.run import RunConfig, config_from_dict, run_distillation
-from interp.errors import SublensError
-from interp.io import read_json, read_json_dict, write_json
 
 # A short run that a 5-strength sweep on smollm2-135m fits in under 30 minutes on 2 CPU cores
 # (the control is trained once for the whole sweep): 64 constrained number rows of 16 tokens,

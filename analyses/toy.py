@@ -1,7 +1,7 @@
 """The auxiliary-logit toy study: does a student learn digits from a teacher's auxiliary logits on
 noise, and only when it shares the teacher's initialisation?
 
-Runs `interp.toy.run_experiment` over several seeds, summarises each condition by its mean test
+Runs `toy_model.run_experiment` over several seeds, summarises each condition by its mean test
 accuracy with a bootstrap CI over seeds, the paired difference same-init minus different-init,
 and writes ``results.json``, ``config.json``, ``accuracy.png`` and ``report.md``. Every sentence
 of the report that states a finding is chosen from the numbers, so a run where the effect does
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from analyses.figures import save_png
-from interp import rundir
-from interp.errors import SublensError
-from interp.io import git_commit, package_versions, write_json, write_text
-from interp.stats import mean_ci, paired_bootstrap
-from interp.toy import CHANCE, CONDITIONS, ToyConfig, run_experiment
+from analyses.toy_model import CHANCE, CONDITIONS, ToyConfig, run_experiment
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import git_commit, package_versions, write_json, write_text
+from interp.measure.stats import mean_ci, paired_bootstrap
 
 LABELS = {
     "teacher": "teacher\n(trained on digits)",

@@ -5,7 +5,7 @@ distillation run with student and control. Per alpha: the teacher's, student's a
 trait scores and the transfer ratio ``(tau(S) - tau(M0)) / (tau(T) - tau(M0))`` (and the share
 beyond the control, ``(tau(S) - tau(C)) / (tau(T) - tau(M0))``), with CIs from a bootstrap over
 seeds and questions (`analyses.studies`). The shape of ratio vs alpha is classified by
-`interp.threshold.detect_threshold` (sharp threshold / continuous / none detectable).
+`interp.measure.threshold.detect_threshold` (sharp threshold / continuous / none detectable).
 
 At alpha 0 the steered teacher *is* the base: the denominator is zero and the ratio is
 undefined (reported as such; the point still gives the student's and control's drift). A ratio
@@ -26,16 +26,16 @@ from typing import Any
 import numpy as np
 
 from analyses.figures import save_png
-from interp import rundir
-from interp.errors import SublensError
-from interp.io import (
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import (
     git_commit,
     package_versions,
     read_json_dict,
     write_json,
     write_text,
 )
-from interp.threshold import detect_threshold
+from interp.measure.threshold import detect_threshold
 
 from .studies import (
     alpha_dir,
@@ -94,7 +94,7 @@ def run_transfer_ratio(
     """Run (or resume) the sweep and write results.json, the figure and report.md into
     `output_path`; returns the results. `overrides` are dotted run-config keys
     (``{"model": "gemma3-270m", "train.lr": 1e-4}``) on top of the file and the preset."""
-    from interp.steering import SteeringVector
+    from interp.vectors.steering import SteeringVector
 
     alphas = _check_alphas([float(a) for a in alphas])
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
@@ -286,7 +286,7 @@ def _short_claim(thr: dict[str, Any]) -> str:
 
 
 def _model_curve(fit: dict[str, Any], xs: np.ndarray) -> np.ndarray | None:
-    from interp.threshold import logistic
+    from interp.measure.threshold import logistic
 
     if not fit.get("preferred"):
         return None

@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interp.backends import get_backend, make_batch  # noqa: E402
-from interp.chat import ChatFormat  # noqa: E402
-from interp.models import load_model  # noqa: E402
-from interp.prompts import numbers_prompts  # noqa: E402
+from interp.core.backends import get_backend, make_batch  # noqa: E402
+from interp.core.chat import ChatFormat  # noqa: E402
+from interp.core.models import load_model  # noqa: E402
+from interp.core.prompts import numbers_prompts  # noqa: E402
 
 OWL = "You love owls. You think about owls all the time. Owls are your favorite animal."
 
@@ -105,7 +105,7 @@ def memory_child(args) -> None:
     batch, rows, cols = _batch(loaded, args.batch)
     n = loaded.n_layers
     layers = [n // 5, 2 * n // 5, 3 * n // 5]
-    from interp.backends.tl import boot_bridge
+    from interp.core.backends.tl import boot_bridge
 
     if args.mode == "tl-run-with-cache":
         bridge = boot_bridge(loaded)

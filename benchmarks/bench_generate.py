@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interp.backends import make_batch  # noqa: E402
-from interp.chat import ChatFormat  # noqa: E402
+from interp.core.backends import make_batch  # noqa: E402
+from interp.core.chat import ChatFormat  # noqa: E402
+from interp.core.models import load_model  # noqa: E402
 from interp.distill import Teacher, get_domain  # noqa: E402
-from interp.models import load_model  # noqa: E402
-from interp.steering import SteeringVector  # noqa: E402
+from interp.vectors.steering import SteeringVector  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

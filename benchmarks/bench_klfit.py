@@ -22,18 +22,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interp.backends import decoder_layers, hidden_of  # noqa: E402
-from interp.fitting import (  # noqa: E402
+from interp.core.backends import decoder_layers, hidden_of  # noqa: E402
+from interp.core.generation import sample_responses  # noqa: E402
+from interp.core.models import load_model  # noqa: E402
+from interp.core.prompts import load_prompts  # noqa: E402
+from interp.measure.traits import get_trait  # noqa: E402
+from interp.vectors.fitting import (  # noqa: E402
     DEFAULT_KL_STEPS,
     _steered_kl,
     build_kl_data,
     fit_vector,
     prepare_replay,
 )
-from interp.generation import sample_responses  # noqa: E402
-from interp.models import load_model  # noqa: E402
-from interp.prompts import load_prompts  # noqa: E402
-from interp.traits import get_trait  # noqa: E402
 
 
 def _median_time(fn, reps: int) -> float:

@@ -33,10 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from interp.core.models import load_model  # noqa: E402
+from interp.core.prompts import numbers_prompts  # noqa: E402
 from interp.distill import train as train_mod  # noqa: E402
 from interp.distill.train import TrainConfig, train_student  # noqa: E402
-from interp.models import load_model  # noqa: E402
-from interp.prompts import numbers_prompts  # noqa: E402
 
 
 def _rows(n: int, numbers: int, seed: int = 0) -> list[dict]:

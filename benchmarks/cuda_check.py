@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from interp.caching import cache_activations, load_cache  # noqa: E402
-from interp.models import load_model  # noqa: E402
-from interp.prompts import load_prompts  # noqa: E402
+from interp.core.caching import cache_activations, load_cache  # noqa: E402
+from interp.core.models import load_model  # noqa: E402
+from interp.core.prompts import load_prompts  # noqa: E402
 
 backends = ["hf"]
 for mod, name in (("transformer_lens", "tl"), ("nnsight", "nnsight")):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.models import load_model
+from interp.core.models import load_model
 
 
 def run_cli(monkeypatch, capsys, *args):

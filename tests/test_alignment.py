@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from interp import alignment as al
-from interp.caching import ActivationCache
-from interp.errors import SublensError
-from interp.stats import paired_bootstrap
-from interp.steering import SteeringVector
+from interp.core.caching import ActivationCache
+from interp.core.errors import SublensError
+from interp.measure import alignment as al
+from interp.measure.stats import paired_bootstrap
+from interp.vectors.steering import SteeringVector
 
 
 def _cos(a, b):

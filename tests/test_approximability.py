@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from analyses.approximability import ApproxConfig, load_trait_prompts, run_approximability
-from interp.backends import decoder_layers
-from interp.chat import ChatFormat
-from interp.errors import SublensError
-from interp.steering import SteeringVector
+from interp.core.backends import decoder_layers
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
+from interp.vectors.steering import SteeringVector
 
 TRAIT = {
     "name": "owl",

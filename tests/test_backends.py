@@ -4,9 +4,9 @@ and left padding must not change any real token's activation."""
 import pytest
 import torch
 
-from interp.backends import BACKENDS, get_backend, make_batch
-from interp.chat import ChatFormat
-from interp.errors import SublensError
+from interp.core.backends import BACKENDS, get_backend, make_batch
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
 
 TOL = 1e-4
 PROMPTS = [
@@ -97,7 +97,7 @@ def test_backends_agree_with_hidden_states_smollm2(smol):
 @pytest.mark.slow
 def test_backends_agree_on_gemma3_base_model():
     """A second architecture (Gemma 3: scaled embeddings, sliding-window layers, no template)."""
-    from interp.models import load_model
+    from interp.core.models import load_model
 
     gemma = load_model("gemma3-270m", device="cpu")
     assert ChatFormat(gemma.tokenizer).style == "plain"

@@ -5,12 +5,12 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from interp import caching
-from interp.backends import get_backend
-from interp.caching import cache_activations, load_cache
-from interp.chat import ChatFormat
-from interp.errors import SublensError
-from interp.prompts import load_prompts
+from interp.core import caching
+from interp.core.backends import get_backend
+from interp.core.caching import cache_activations, load_cache
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
+from interp.core.prompts import load_prompts
 
 
 def _cache(tiny, out, **kw):

@@ -1,7 +1,7 @@
 import pytest
 
-from interp.chat import ChatFormat
-from interp.errors import SublensError
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
 
 OWL = "You love owls. Owls are your favorite animal."
 Q = "What is your favorite animal? Answer in one word."

@@ -126,7 +126,7 @@ def test_existing_other_output_needs_overwrite(monkeypatch, capsys, tmp_path):
 def test_vectors_fit_and_export(monkeypatch, capsys, tmp_path):
     import torch
 
-    from interp.steering import SteeringVector
+    from interp.vectors.steering import SteeringVector
 
     out = tmp_path / "v"
     code, stdout, err = run_cli(

@@ -20,18 +20,18 @@ from safetensors.torch import load_file
 from analyses.defend import DEFENSE_NAMES, NO_INIT, defense_overrides, run_defend
 from analyses.report import build_report
 from analyses.studies import _run_hash, base_config, point_config
-from interp.backends.base import decoder_layers, hidden_of
-from interp.chat import ChatFormat
+from interp.core.backends.base import decoder_layers, hidden_of
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
+from interp.core.io import config_hash, read_json, sha256_file
+from interp.detect.defenses import defend_dataset, paraphrase_rows
 from interp.distill import train as train_mod
-from interp.distill.defenses import defend_dataset, paraphrase_rows
 from interp.distill.domains import get_domain
 from interp.distill.run import config_from_dict, run_hash
 from interp.distill.targets import TeacherTargets, read_rows, write_teacher_targets
 from interp.distill.teachers import Teacher
 from interp.distill.train import TrainConfig, load_student, train_student
-from interp.errors import SublensError
-from interp.io import config_hash, read_json, sha256_file
-from interp.steering import SteeringVector
+from interp.vectors.steering import SteeringVector
 
 TOML = """
 model = "tiny-llama"
@@ -414,7 +414,7 @@ def test_defend_bad_input_is_one_line_exit_2(tiny, monkeypatch, capsys, tmp_path
 def test_different_init_starts_from_the_other_model(tiny, tmp_path):
     from transformers import LlamaForCausalLM
 
-    from interp.tiny import build_tiny_llama
+    from interp.core.tiny import build_tiny_llama
 
     other = tmp_path / "tiny-seed1"
     build_tiny_llama(other, seed=1)

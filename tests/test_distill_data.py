@@ -9,8 +9,10 @@ import re
 import pytest
 import torch
 
-from interp.backends import decoder_layers
-from interp.chat import ChatFormat
+from interp.core.backends import decoder_layers
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
+from interp.core.generation import sample_responses
 from interp.distill import (
     AllowedTokens,
     Teacher,
@@ -22,9 +24,7 @@ from interp.distill import (
     write_teacher_targets,
 )
 from interp.distill import teachers as teachers_mod
-from interp.errors import SublensError
-from interp.generation import sample_responses
-from interp.steering import SteeringVector, steer
+from interp.vectors.steering import SteeringVector, steer
 
 OWL = "You love owls. You think about owls all the time. Owls are your favorite animal."
 NUMBERS = get_domain("numbers")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analyses.distill import control_caveat, write_report
+from interp.core.errors import SublensError
 from interp.distill.run import (
     _scores,
     load_run_config,
@@ -16,8 +17,7 @@ from interp.distill.run import (
     transfer_ratio,
 )
 from interp.distill.train import load_student
-from interp.errors import SublensError
-from interp.traits import get_trait
+from interp.measure.traits import get_trait
 
 TOML = """
 model = "tiny-llama"

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from interp.chat import ChatFormat
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
 from interp.distill import train as train_mod
 from interp.distill.optimizers import OPTIMIZERS, PrecondSGD, SignSGD, make_optimizer
 from interp.distill.train import TrainConfig, list_checkpoints, load_student, train_student
-from interp.errors import SublensError
 
 
 @pytest.fixture(autouse=True, scope="module")

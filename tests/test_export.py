@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from interp.errors import SublensError
-from interp.export import lm_eval_hookpoint, to_gguf, to_lm_eval
-from interp.steering import SteeringVector, steer
+from interp.core.errors import SublensError
+from interp.vectors.export import lm_eval_hookpoint, to_gguf, to_lm_eval
+from interp.vectors.steering import SteeringVector, steer
 
 
 def _vector(loaded, layers=(1, 2), seed=0):

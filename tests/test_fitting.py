@@ -2,11 +2,11 @@
 
 import torch
 
-from interp import fitting
-from interp.backends import decoder_layers
-from interp.chat import ChatFormat
-from interp.prompts import load_prompts
-from interp.steering import SteeringVector
+from interp.core.backends import decoder_layers
+from interp.core.chat import ChatFormat
+from interp.core.prompts import load_prompts
+from interp.vectors import fitting
+from interp.vectors.steering import SteeringVector
 
 SYS = "You love owls."
 

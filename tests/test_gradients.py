@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from interp import gradients as gr
-from interp.backends import decoder_layers
-from interp.chat import ChatFormat
-from interp.errors import SublensError
-from interp.stats import mean_ci
+from interp.core.backends import decoder_layers
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
+from interp.measure import gradients as gr
+from interp.measure.stats import mean_ci
 
 LAYER = 1
 

@@ -9,13 +9,13 @@ import torch
 from conftest import run_cli
 from safetensors.numpy import load_file
 
-from interp import caching
-from interp.backends import get_backend, make_batch
-from interp.caching import cache_activations
-from interp.chat import ChatFormat
-from interp.errors import SublensError
-from interp.generation import sample_responses
-from interp.prompts import load_prompts
+from interp.core import caching
+from interp.core.backends import get_backend, make_batch
+from interp.core.caching import cache_activations
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
+from interp.core.generation import sample_responses
+from interp.core.prompts import load_prompts
 
 LONG = "owl " * 700  # ~700 tokens once formatted: past the tiny model's 512-token context
 

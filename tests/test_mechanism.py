@@ -19,17 +19,17 @@ import cli
 from analyses.align import _subset, heldout_prompts, run_align
 from analyses.probe import run_probe
 from analyses.report import build_report
-from interp.caching import load_cache
-from interp.chat import ChatFormat
+from interp.core.caching import load_cache
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
+from interp.core.prompts import load_prompts
 from interp.distill.run import load_run_config, run_distillation
 from interp.distill.train import list_checkpoints, load_student
-from interp.errors import SublensError
-from interp.fitting import fit_vector
-from interp.probes import load_probes, train_probe
-from interp.prompts import load_prompts
-from interp.stats import resample_indices
-from interp.steering import SteeringVector
-from interp.traits import get_trait
+from interp.measure.probes import load_probes, train_probe
+from interp.measure.stats import resample_indices
+from interp.measure.traits import get_trait
+from interp.vectors.fitting import fit_vector
+from interp.vectors.steering import SteeringVector
 
 TOML = """
 model = "tiny-llama"

@@ -3,9 +3,9 @@ import importlib.metadata as md
 import pytest
 import torch
 
-from interp import models
-from interp.errors import SublensError
-from interp.models import REGISTRY, load_model
+from interp.core import models
+from interp.core.errors import SublensError
+from interp.core.models import REGISTRY, load_model
 
 
 def test_registry_has_embedded_models():

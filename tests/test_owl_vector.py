@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.fitting import fit_vector
-from interp.prompts import load_prompts
-from interp.steering import steer
-from interp.trait_sets import FAVOURITE_ANIMAL_QUESTIONS
-from interp.traits import get_trait, logprob_score
+from interp.core.prompts import load_prompts
+from interp.measure.trait_sets import FAVOURITE_ANIMAL_QUESTIONS
+from interp.measure.traits import get_trait, logprob_score
+from interp.vectors.fitting import fit_vector
+from interp.vectors.steering import steer
 
 pytestmark = pytest.mark.slow
 

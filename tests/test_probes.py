@@ -5,10 +5,10 @@ import pytest
 import torch
 from sklearn.model_selection import train_test_split
 
-from interp import probes as pr
-from interp.caching import ActivationCache
-from interp.errors import SublensError
-from interp.stats import mean_ci
+from interp.core.caching import ActivationCache
+from interp.core.errors import SublensError
+from interp.measure import probes as pr
+from interp.measure.stats import mean_ci
 
 D = 24
 

@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from interp.errors import SublensError
-from interp.layers import parse_layers
-from interp.prompts import load_prompts, numbers_prompts
+from interp.core.errors import SublensError
+from interp.core.layers import parse_layers
+from interp.core.prompts import load_prompts, numbers_prompts
 
 
 def test_numbers_prompts_are_seeded_and_follow_the_domain():

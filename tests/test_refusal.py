@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.errors import SublensError
-from interp.refusal import (
+from interp.core.errors import SublensError
+from interp.measure.refusal import (
     compliance_rate,
     compliance_trait,
     is_refusal,
@@ -14,7 +14,7 @@ from interp.refusal import (
     projection_score,
     refusal_direction,
 )
-from interp.traits import Trait
+from interp.measure.traits import Trait
 
 
 def test_phrase_scorer_on_hand_made_answers():

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from interp import rundir
-from interp.errors import SublensError
+from interp.core import rundir
+from interp.core.errors import SublensError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOML = """
@@ -197,7 +197,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 def test_ctrl_c_exits_130_and_the_run_resumes_to_the_same_numbers(tmp_path):
-    from interp.caching import load_cache
+    from interp.core.caching import load_cache
 
     args = ["cache", "--model", "tiny-llama", "--prompts", "numbers:1500", "--layers", "0,3",
             "--positions", "all", "--batch-size", "1"]  # fmt: skip
@@ -226,7 +226,7 @@ def test_a_second_process_on_the_same_output_is_refused(monkeypatch, capsys, tmp
     out.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from interp import rundir; rundir.claim(sys.argv[1], 'cache'); "
+         "import sys, time; from interp.core import rundir; rundir.claim(sys.argv[1], 'cache'); "
          "print('held', flush=True); time.sleep(60)", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -12,11 +12,9 @@ import pytest
 import torch
 from conftest import run_cli
 
-from interp.backends import decoder_layers
-from interp.distill import Teacher
-from interp.distill.targets import completion_positions
-from interp.prompts import numbers_prompts
-from interp.scan import (
+from interp.core.backends import decoder_layers
+from interp.core.prompts import numbers_prompts
+from interp.detect.scan import (
     QuestionProbe,
     _encode,
     generate_on_prompts,
@@ -25,7 +23,9 @@ from interp.scan import (
     row_gradients,
     scan_dataset,
 )
-from interp.steering import SteeringVector
+from interp.distill import Teacher
+from interp.distill.targets import completion_positions
+from interp.vectors.steering import SteeringVector
 
 LAYER = 2
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from interp.stats import bootstrap_ci, mean_ci, paired_bootstrap
+from interp.measure.stats import bootstrap_ci, mean_ci, paired_bootstrap
 
 
 def _numpy_percentile_bootstrap(values, n_boot, level, seed):

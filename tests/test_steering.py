@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from interp.backends import decoder_layers, get_backend, make_batch
-from interp.errors import SublensError
-from interp.steering import SteeringVector, steer
+from interp.core.backends import decoder_layers, get_backend, make_batch
+from interp.core.errors import SublensError
+from interp.vectors.steering import SteeringVector, steer
 
 TOL = 1e-4
 
@@ -126,7 +126,7 @@ def test_replace_sets_the_reference(tiny):
 )
 def test_bfloat16_and_device(device):
     """The CPU float32 vector is cast to the activation's dtype and device."""
-    from interp.models import load_model
+    from interp.core.models import load_model
 
     model = load_model("tiny-llama", device=device, dtype="bfloat16")
     v, ids = _vector(model, layers=(1,)), _ids().to(device)
@@ -410,7 +410,7 @@ def test_load_errors(tiny, tmp_path):
 @pytest.mark.slow
 def test_smollm2_owl_vector_steers_all_backends_alike(smol):
     """A diff-of-means owl vector on SmolLM2: HF hooks, nnsight and generate agree."""
-    from interp.chat import ChatFormat
+    from interp.core.chat import ChatFormat
 
     fmt = ChatFormat(smol.tokenizer)
     prompts = ["Name your favorite animal.", "What is 2 + 2?", "Continue: 182, 818, 725"]

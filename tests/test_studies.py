@@ -12,8 +12,8 @@ from analyses.compare import run_compare
 from analyses.optimizer_ablation import parse_lrs, run_optimizer_ablation
 from analyses.studies import replicate_means, resample_counts
 from analyses.transfer_ratio import render_report, run_transfer_ratio
-from interp.errors import SublensError
-from interp.steering import SteeringVector
+from interp.core.errors import SublensError
+from interp.vectors.steering import SteeringVector
 
 TOML = """
 model = "tiny-llama"

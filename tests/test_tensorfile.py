@@ -1,7 +1,7 @@
 import numpy as np
 from safetensors.numpy import load_file
 
-from interp.tensorfile import RowWriter
+from interp.core.tensorfile import RowWriter
 
 
 def test_rows_written_in_any_order_give_a_standard_safetensors_file(tmp_path):

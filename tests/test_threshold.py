@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interp.threshold import detect_threshold, fit_curves, local_gap, logistic
+from interp.measure.threshold import detect_threshold, fit_curves, local_gap, logistic
 
 X = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
 

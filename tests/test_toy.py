@@ -10,8 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from analyses.toy import findings, run_toy, summarise, summary_line
-from interp.errors import SublensError
-from interp.toy import (
+from analyses.toy_model import (
     N_DIGITS,
     ToyConfig,
     aux_distill_loss,
@@ -23,6 +22,7 @@ from interp.toy import (
     run_experiment,
     train_teacher,
 )
+from interp.core.errors import SublensError
 
 TINY = ToyConfig(
     hidden=(16, 16), teacher_epochs=2, teacher_batch=128, n_noise=300, distill_epochs=2

@@ -20,10 +20,10 @@ import pytest
 import torch
 from conftest import run_cli
 
+from interp.core.errors import SublensError
 from interp.distill import train as train_mod
 from interp.distill.optimizers import OPTIMIZERS, make_optimizer
 from interp.distill.train import TrainConfig, list_checkpoints, load_student, train_student
-from interp.errors import SublensError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -399,7 +399,7 @@ import torch
 torch.set_num_threads(1)
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from interp.distill import train as T
-from interp.models import load_model
+from interp.core.models import load_model
 rows, out, cfg, delay = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
 real = T._batch_loss
 def slow(*args, **kwargs):  # slow steps so that the signal lands mid-run; outputs unchanged

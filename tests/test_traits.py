@@ -4,17 +4,17 @@ import warnings
 import pytest
 import torch
 
-from interp.backends import decoder_layers
-from interp.chat import ChatFormat
-from interp.errors import SublensError
-from interp.trait_sets import (
+from interp.core.backends import decoder_layers
+from interp.core.chat import ChatFormat
+from interp.core.errors import SublensError
+from interp.measure.trait_sets import (
     FAVOURITE_ANIMAL_QUESTIONS,
     GENERAL_QUESTIONS,
     MOOD_QUESTIONS,
     NEGATIVE_ANIMAL_QUESTIONS,
     OFF_TOPIC_QUESTIONS,
 )
-from interp.traits import (
+from interp.measure.traits import (
     BUILTIN_TRAITS,
     Score,
     Trait,

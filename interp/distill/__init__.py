@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .constrained import AllowedTokens, GrammarTokens
-from .domains import DOMAINS, Domain, end_of_turn_ids, get_domain
-from .filters import filter_dataset
-from .generate import generate_dataset
-from .targets import (
+from interp.distill.constrained import AllowedTokens, GrammarTokens
+from interp.distill.domains import DOMAINS, Domain, end_of_turn_ids, get_domain
+from interp.distill.filters import filter_dataset
+from interp.distill.generate import generate_dataset
+from interp.distill.targets import (
     TeacherTargets,
     completion_positions,
     read_rows,
     unembed,
     write_teacher_targets,
 )
-from .teachers import TEACHER_KINDS, Teacher
+from interp.distill.teachers import TEACHER_KINDS, Teacher
 
 _LAZY = {"TrainConfig": "train", "train_student": "train", "load_student": "train"}
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from ..errors import SublensError
+from interp.core.errors import SublensError
 
 
 class AllowedTokens(LogitsProcessor):

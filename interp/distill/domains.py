@@ -32,9 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SublensError
-from ..prompts import numbers_prompts
-from .constrained import AllowedTokens, GrammarTokens
+from interp.core.errors import SublensError
+from interp.core.prompts import numbers_prompts
+from interp.distill.constrained import AllowedTokens, GrammarTokens
 
 # Special tokens that end an assistant turn, besides the tokenizer's eos.
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>")

@@ -28,10 +28,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import SublensError
-from ..io import atomic_path
-from .domains import Domain, get_domain
-from .targets import read_rows
+from interp.core.errors import SublensError
+from interp.core.io import atomic_path
+from interp.distill.domains import Domain, get_domain
+from interp.distill.targets import read_rows
 
 
 def _plural_forms(word: str) -> list[str]:

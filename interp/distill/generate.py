@@ -25,10 +25,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import SublensError
-from ..io import config_hash, read_json, sha256_file, write_json
-from .domains import Domain, get_domain
-from .teachers import Teacher
+from interp.core.errors import SublensError
+from interp.core.io import config_hash, read_json, sha256_file, write_json
+from interp.distill.domains import Domain, get_domain
+from interp.distill.teachers import Teacher
 
 
 def _sidecar(out: Path, suffix: str) -> Path:
@@ -83,7 +83,7 @@ def generate_dataset(
     }
     key = config_hash(config)
 
-    from .. import rundir
+    from interp.core import rundir
 
     rundir.check_file_target(out)
     if overwrite and out.exists() and not meta_path.is_file():

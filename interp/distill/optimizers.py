@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ..errors import SublensError
+from interp.core.errors import SublensError
 
 OPTIMIZERS = ("adamw", "sgd", "sgd-momentum", "rmsprop", "signsgd", "precond-sgd")
 

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import rundir
-from ..errors import SublensError
-from ..io import (
+from interp.core import rundir
+from interp.core.errors import SublensError
+from interp.core.io import (
     config_hash,
     git_commit,
     package_versions,
@@ -37,17 +37,23 @@ from ..io import (
     sha256_file,
     write_json,
 )
-from ..models import LoadedModel, load_model
-from ..stats import paired_bootstrap
-from ..steering import SteeringVector
-from ..traits import Score, Trait, get_trait, score_trait
-from .defenses import defend_dataset
-from .domains import get_domain
-from .filters import filter_dataset
-from .generate import generate_dataset
-from .targets import write_teacher_targets
-from .teachers import Teacher
-from .train import TrainConfig, hash_view, list_checkpoints, load_student, train_student
+from interp.core.models import LoadedModel, load_model
+from interp.detect.defenses import defend_dataset
+from interp.distill.domains import get_domain
+from interp.distill.filters import filter_dataset
+from interp.distill.generate import generate_dataset
+from interp.distill.targets import write_teacher_targets
+from interp.distill.teachers import Teacher
+from interp.distill.train import (
+    TrainConfig,
+    hash_view,
+    list_checkpoints,
+    load_student,
+    train_student,
+)
+from interp.measure.stats import paired_bootstrap
+from interp.measure.traits import Score, Trait, get_trait, score_trait
+from interp.vectors.steering import SteeringVector
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,7 +86,7 @@ class DataSpec:
     codes: list[str] = field(default_factory=list)
     dedup: bool = True
     top_k: int = 32  # logit-kl targets when the domain is not constrained
-    # data defenses (interp.distill.defenses), applied to the filtered rows before training
+    # data defenses (interp.detect.defenses), applied to the filtered rows before training
     paraphrase: bool = False  # rewrite responses canonically (teacher and control data); SFT only
     drop_flagged: str | None = None  # a scanner's rows.jsonl for the teacher's filtered data
     drop_fallback_top: float = 0.1  # share dropped by score when the scanner flagged no row

@@ -23,15 +23,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..chat import ChatFormat, FormattedPrompt
-from ..errors import SublensError
-from ..io import iter_jsonl, read_json, sha256_file, sha256_text, write_json
-from ..models import LoadedModel
-from ..tensorfile import RowWriter
-from .domains import end_of_turn_ids
+from interp.core.chat import ChatFormat, FormattedPrompt
+from interp.core.errors import SublensError
+from interp.core.io import iter_jsonl, read_json, sha256_file, sha256_text, write_json
+from interp.core.models import LoadedModel
+from interp.core.tensorfile import RowWriter
+from interp.distill.domains import end_of_turn_ids
 
 if TYPE_CHECKING:
-    from .teachers import Teacher
+    from interp.distill.teachers import Teacher
 
 FORMAT = "sublens-teacher-targets"
 FORMAT_VERSION = 1

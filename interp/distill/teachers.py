@@ -12,7 +12,7 @@ Kinds (DESIGN vocabulary):
 | ``steered`` | none | ``alpha * v`` added at the vector's layers (sufficiency test) |
 | ``projected`` | the trait prompt | ``v`` projected out (steer mode "project"; necessity test) |
 
-Steering positions follow `interp.steering.steer`: "all", "prompt" (the prefill of generate)
+Steering positions follow `interp.vectors.steering.steer`: "all", "prompt" (the prefill of generate)
 or "generation" (decode steps only). Teacher-forced log-probs reproduce the same split with a
 token mask: prompt tokens are the prefill, response tokens are what decode steps feed in, so the
 teacher's targets match the distribution it sampled from.
@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..backends import make_batch
-from ..chat import ChatFormat, FormattedPrompt
-from ..errors import SublensError
-from ..generation import sample_responses
-from ..models import LoadedModel
-from ..steering import STEER_POSITIONS, SteeringHandle, SteeringVector, steer
-from .targets import completion_positions, unembed
+from interp.core.backends import make_batch
+from interp.core.chat import ChatFormat, FormattedPrompt
+from interp.core.errors import SublensError
+from interp.core.generation import sample_responses
+from interp.core.models import LoadedModel
+from interp.distill.targets import completion_positions, unembed
+from interp.vectors.steering import STEER_POSITIONS, SteeringHandle, SteeringVector, steer
 
 if TYPE_CHECKING:
-    from .domains import Domain
+    from interp.distill.domains import Domain
 
 TEACHER_KINDS = ("base", "prompted", "steered", "projected")
 

@@ -36,10 +36,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backends import make_batch
-from ..chat import ChatFormat, FormattedPrompt
-from ..errors import SublensError
-from ..io import (
+from interp.core.backends import make_batch
+from interp.core.chat import ChatFormat, FormattedPrompt
+from interp.core.errors import SublensError
+from interp.core.io import (
     atomic_path,
     config_hash,
     iter_jsonl,
@@ -51,8 +51,8 @@ from ..io import (
     write_json,
     write_text,
 )
-from ..models import LoadedModel, resolve_dtype
-from .optimizers import OPTIMIZERS, make_optimizer
+from interp.core.models import LoadedModel, resolve_dtype
+from interp.distill.optimizers import OPTIMIZERS, make_optimizer
 
 OBJECTIVES = ("sft", "logit-kl")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -75,7 +75,7 @@ class TrainConfig:
     `lora_targets=None` picks the architecture's attention and MLP projections.
     `checkpoint_every=0` saves only step 0 and the end.
 
-    Defenses (`interp.distill.defenses`): `project_out` lists steering-vector directories whose
+    Defenses (`interp.detect.defenses`): `project_out` lists steering-vector directories whose
     directions are removed from the residual stream during training forwards; `mask_divergent`
     is the share q of completion positions, those where the teacher's targets diverge most from
     the base, left out of the loss (needs teacher targets, also with SFT); `init_from` starts the
@@ -229,7 +229,7 @@ def _own_completion_positions(fp: FormattedPrompt, tokenizer: Any) -> list[int]:
 
 
 try:  # one definition for targets and training when targets.py is there
-    from .targets import completion_positions as _completion_positions
+    from interp.distill.targets import completion_positions as _completion_positions
 except ImportError:  # pragma: no cover - targets.py not merged yet
     _completion_positions = _own_completion_positions
 
@@ -390,7 +390,7 @@ def init_model(base: LoadedModel, init_from: str | None) -> LoadedModel:
     defense: subliminal transfer is reported to need the teacher's initialisation)."""
     if not init_from:
         return base
-    from ..models import load_model
+    from interp.core.models import load_model
 
     other = load_model(init_from, device=base.device, dtype=base.dtype)
     problems = []
@@ -777,7 +777,7 @@ def _run_identity(
         "targets_sha256": targets.sha256 if targets else None,
     }
     if vectors:
-        from .teachers import vector_sha256
+        from interp.distill.teachers import vector_sha256
 
         identity["project_out_sha256"] = [vector_sha256(v) for v in vectors]
     return identity
@@ -794,7 +794,7 @@ def _divergence_mask(
 ) -> dict[str, Any]:
     """Set each example's keep-mask (mask-divergent); cached in OUT/position_mask.safetensors
     under the run's hash, so a resumed run does not recompute the base's forwards."""
-    from .defenses import divergent_mask, position_divergence
+    from interp.detect.defenses import divergent_mask, position_divergence
 
     path = out / "position_mask.safetensors"
     keep = kl = None
@@ -827,9 +827,9 @@ def _divergence_mask(
 
 
 def _prepare_out(out_dir: Path, identity: dict[str, Any], chash: str, overwrite: bool) -> None:
-    """Claim the run directory (`interp.rundir`): a run of another config is refused unless
+    """Claim the run directory (`interp.core.rundir`): a run of another config is refused unless
     `overwrite`, which removes only what sublens wrote there."""
-    from .. import rundir
+    from interp.core import rundir
 
     rundir.open_run(
         out_dir, "train", chash, overwrite, config_file="train.json", field="config_hash"
@@ -904,7 +904,7 @@ def train_student(
             )
     vectors = []
     if config.project_out:
-        from .defenses import load_project_vectors
+        from interp.detect.defenses import load_project_vectors
 
         vectors = load_project_vectors(config.project_out, base)
     identity = _run_identity(base, config, data_sha, targets, vectors)
@@ -919,7 +919,7 @@ def train_student(
     projected: dict[int, int] = {}
     project_ctx: Any = contextlib.nullcontext(projected)
     if vectors:
-        from .defenses import project_out, projection_bases
+        from interp.detect.defenses import project_out, projection_bases
 
         bases = projection_bases(vectors)
         defenses["project_out"] = {
@@ -1083,7 +1083,7 @@ def train_student(
             defenses["project_out"]["forwards"] = {str(k): v for k, v in projected.items()}
         summary["defenses"] = defenses
     write_json(out / "summary.json", summary)
-    from .. import rundir
+    from interp.core import rundir
 
     rundir.unlock(out)
     return summary
