@@ -1,4 +1,7 @@
-"""`sublens` — the command line. Thin: parse, call the library or an analysis, print a summary."""
+"""`sublens` — the command line. Thin: parse flags, build a config, call one analysis or library
+function, print a summary. Defaults for output paths come from `analyses.reporting`, run configs
+from `interp.distill.config.resolve`, list flags from `interp.core.parse` / `interp.core.layers`.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ARTIFACTS = Path("artifacts")
 
-# Shared options (lm-eval style names).
-Model = Annotated[str, typer.Option("--model", help="Registry name, Hugging Face id or local dir.")]
+# --- parse-time checks -------------------------------------------------------------------------
 
 
 def _run_dir_option(value: Path | None) -> Path | None:
@@ -33,12 +34,27 @@ def _run_dir_option(value: Path | None) -> Path | None:
     return value
 
 
+def _finite(value: float | None) -> float | None:
+    """Float options reject nan and inf while parsing (a nan temperature silently meant greedy)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
+# --- shared options (lm-eval style names), defined once ----------------------------------------
+
+Model = Annotated[str, typer.Option("--model", help="Registry name, Hugging Face id or local dir.")]
 OutputPath = Annotated[
     Path | None,
     typer.Option(
-        "--output-path",
-        help="Run directory (default: under artifacts/).",
-        callback=_run_dir_option,
+        "--output-path", help="Run directory (default: under artifacts/).", callback=_run_dir_option
     ),
 ]
 Seed = Annotated[
@@ -49,23 +65,46 @@ BatchSize = Annotated[int, typer.Option("--batch-size", help="Prompts per forwar
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace a different earlier run at the path.")
+]
 TrustRemoteCode = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow a Hub model's own code to run.")
 ]
+Layers = Annotated[str, typer.Option("--layers", help="e.g. 6,12,18, 0-5 or all.")]
+Layer = Annotated[int | None, typer.Option("--layer", help="Default: n_layers // 2.")]
+Alphas = Annotated[str, typer.Option("--alphas", help="Steering strengths, comma-separated.")]
+NBoot = Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")]
+Temperature = Annotated[float, typer.Option("--temperature", callback=_finite)]
+NPermutations = Annotated[int, typer.Option("--n-permutations")]
+NBlindPermutations = Annotated[int, typer.Option("--n-blind-permutations")]
+KlSteps = Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")]
+KlLr = Annotated[float | None, typer.Option("--lr", callback=_finite, help="kl-fit step size.")]
+Backend = Annotated[str, typer.Option("--backend", help="tl, nnsight or hf.")]
+Run = Annotated[Path, typer.Option("--run", help="A distillation run or a study directory.")]
+RunArg = Annotated[Path, typer.Argument(help="A distillation run or a study directory.")]
 
-
-def _finite(value: float | None) -> float | None:
-    """Float options reject nan and inf while parsing (a nan temperature silently meant greedy)."""
-    import math
-
-    if value is not None and not math.isfinite(value):
-        raise typer.BadParameter(f"{value} is not a finite number")
-    return value
-
-
-def _echo(quiet: bool, msg: str) -> None:
-    if not quiet:
-        typer.echo(msg, err=True)
+# run-config flags (interp.distill.config.Overrides): None leaves the config file's value
+Config = Annotated[Path | None, typer.Option("--config", help="TOML run config (see README).")]
+Preset = Annotated[
+    str, typer.Option("--preset", help="quick (short runs, ~30 min sweep on CPU) or full.")
+]
+Seeds = Annotated[int, typer.Option("--seeds", help="Seeds per point (CIs across seeds).")]
+RunModel = Annotated[str | None, typer.Option("--model", help="Model (default: the config's).")]
+RunSeed = Annotated[int | None, typer.Option("--seed", min=0)]
+RunDevice = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda.")]
+Trait = Annotated[str | None, typer.Option("--trait", help="Trait name or JSON file.")]
+Vector = Annotated[str | None, typer.Option("--vector", help="Steering vector dir.")]
+Alpha = Annotated[float | None, typer.Option("--alpha", callback=_finite)]
+SteerLayers = Annotated[
+    str | None, typer.Option("--layers", help="Steer only these layers of the vector.")
+]
+Rows = Annotated[int | None, typer.Option("--n", help="Rows per teacher.")]
+Objective = Annotated[str | None, typer.Option("--objective", help="sft or logit-kl.")]
+Lr = Annotated[float | None, typer.Option("--lr", callback=_finite)]
+MaxSteps = Annotated[int | None, typer.Option("--max-steps")]
+LoraRank = Annotated[int | None, typer.Option("--lora-rank", help="0 = full FT.")]
+Questions = Annotated[int | None, typer.Option("--limit", help="First N questions.")]
 
 
 @app.command("models")
@@ -93,20 +132,18 @@ def cache_cmd(
     system_prompt: Annotated[
         str | None, typer.Option("--system-prompt", help="System message to prepend.")
     ] = None,
-    layers: Annotated[str, typer.Option("--layers", help="e.g. 6,12,18, 0-5 or all.")] = "all",
+    layers: Layers = "all",
     positions: Annotated[
         str, typer.Option("--positions", help="last, mean, all, user, system or response.")
     ] = "last",
-    backend: Annotated[str, typer.Option("--backend", help="tl, nnsight or hf.")] = "tl",
+    backend: Backend = "tl",
     output_path: OutputPath = None,
     seed: Seed = 0,
     limit: Limit = None,
     batch_size: BatchSize = 16,
     device: Device = "auto",
     dtype: Dtype = "float32",
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a different earlier run at the path.")
-    ] = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
     trust_remote_code: TrustRemoteCode = False,
     truncate: Annotated[
@@ -117,48 +154,29 @@ def cache_cmd(
     ] = False,
 ) -> None:
     """Cache residual-stream activations after chosen blocks at chosen positions."""
-    from interp.core.caching import cache_activations
-    from interp.core.chat import check_positions
-    from interp.core.io import config_hash
-    from interp.core.layers import parse_layers
-    from interp.core.models import load_model
-    from interp.core.prompts import load_prompts
+    from analyses import steps
 
-    check_positions(positions)
-    prompt_set = load_prompts(prompts, seed=seed).limit(limit)
-    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    layer_list = parse_layers(layers, loaded.n_layers)
-    if output_path is None:
-        tag = config_hash(
-            {
-                "m": model,
-                "p": prompts,
-                "s": system_prompt,
-                "l": layer_list,
-                "pos": positions,
-                "b": backend,
-                "seed": seed,
-                "limit": limit,
-            }
-        )[:8]
-        output_path = ARTIFACTS / "cache" / f"{Path(model).name}-{positions}-{tag}"
-    meta = cache_activations(
-        loaded,
-        prompt_set,
-        output_path,
-        layers=layer_list,
-        positions=positions,
+    out, meta = steps.cache(
+        prompts,
+        model=model,
         system_prompt=system_prompt,
+        layers=layers,
+        positions=positions,
         backend=backend,
+        output_path=output_path,
+        seed=seed,
+        limit=limit,
         batch_size=batch_size,
+        device=device,
+        dtype=dtype,
         overwrite=overwrite,
         quiet=quiet,
+        trust_remote_code=trust_remote_code,
         truncate=truncate,
-        extra_meta={"seed": seed, "limit": limit},
     )
     state = "already complete, reused" if meta.get("reused") else "written"
     typer.echo(
-        f"{output_path}/activations.safetensors ({state}): shape {meta['shape']}, "
+        f"{out}/activations.safetensors ({state}): shape {meta['shape']}, "
         f"layers {meta['layers']}, positions {positions}, backend {backend}"
     )
 
@@ -176,15 +194,13 @@ def vectors_fit_cmd(
     method: Annotated[
         str, typer.Option("--method", help="diff-mean, pca, logistic or kl-fit.")
     ] = "diff-mean",
-    layers: Annotated[str, typer.Option("--layers", help="e.g. 12, 6,12,18 or all.")] = "all",
+    layers: Layers = "all",
     positions: Annotated[
         str, typer.Option("--positions", help="last, all or response (not used by kl-fit).")
     ] = "last",
     prompts: Annotated[str, typer.Option("--prompts", help="JSONL or numbers:N.")] = "numbers:512",
-    steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 20,
-    lr: Annotated[
-        float | None, typer.Option("--lr", callback=_finite, help="kl-fit step size.")
-    ] = None,
+    steps: KlSteps = 20,
+    lr: KlLr = None,
     max_norm: Annotated[
         float | None,
         typer.Option("--max-norm", callback=_finite, help="kl-fit norm bound per layer."),
@@ -192,7 +208,7 @@ def vectors_fit_cmd(
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Teacher sample length (kl-fit, response).")
     ] = 16,
-    backend: Annotated[str, typer.Option("--backend", help="tl, nnsight or hf.")] = "hf",
+    backend: Backend = "hf",
     output_path: OutputPath = None,
     seed: Seed = 0,
     limit: Limit = None,
@@ -202,66 +218,30 @@ def vectors_fit_cmd(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Fit a steering vector that approximates a system prompt."""
-    from interp.core.generation import sample_responses
-    from interp.core.io import config_hash
-    from interp.core.layers import parse_layers
-    from interp.core.models import load_model
-    from interp.core.prompts import load_prompts
-    from interp.vectors.fitting import check_method, fit_vector
+    from analyses import steps as step
 
-    check_method(method)
-    if not system_prompt.strip():
-        raise SublensError("the trait prompt is empty: give the system prompt to approximate")
-    if steps <= 0:
-        raise SublensError(f"--steps must be positive, got {steps}")
-    prompt_set = load_prompts(prompts, seed=seed).limit(limit)
-    loaded = load_model(model, device=device, trust_remote_code=trust_remote_code)
-    layer_list = parse_layers(layers, loaded.n_layers)
-    responses = None
-    if method == "kl-fit" or positions == "response":
-        _echo(quiet, f"sampling {len(prompt_set)} teacher responses ...")
-        responses = sample_responses(
-            loaded,
-            prompt_set.messages,
-            system_prompt=system_prompt,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            batch_size=batch_size,
-            quiet=quiet,
-        )
-    vector = fit_vector(
-        loaded,
-        prompt_set,
+    out, vector = step.fit(
         system_prompt,
-        layer_list,
+        model=model,
         method=method,
+        layers=layers,
         positions=positions,
-        backend=backend,
-        batch_size=batch_size,
-        responses=responses,
+        prompts=prompts,
         steps=steps,
         lr=lr,
         max_norm=max_norm,
+        max_new_tokens=max_new_tokens,
+        backend=backend,
+        output_path=output_path,
         seed=seed,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
         quiet=quiet,
+        trust_remote_code=trust_remote_code,
     )
-    if output_path is None:
-        tag = config_hash(
-            {
-                "m": model,
-                "s": system_prompt,
-                "meth": method,
-                "l": layer_list,
-                "p": prompts,
-                "pos": positions,
-                "seed": seed,
-                "limit": limit,
-            }
-        )[:8]
-        output_path = ARTIFACTS / "vectors" / f"{Path(model).name}-{method}-{tag}"
-    vector.save(output_path)
     norms = ", ".join(f"L{k}: {v:.2f}" for k, v in vector.norms().items())
-    typer.echo(f"{output_path}: {method} vector, norms {norms}")
+    typer.echo(f"{out}: {method} vector, norms {norms}")
     stopped = vector.extra.get("history", {}).get("stopped")
     if stopped:
         raise SublensError(stopped)
@@ -284,24 +264,9 @@ def vectors_export_cmd(
     ] = None,
 ) -> None:
     """Export a vector for lm-eval's steered model or llama.cpp control vectors."""
-    from interp.vectors.export import to_gguf, to_lm_eval
-    from interp.vectors.steering import SteeringVector
+    from analyses import steps
 
-    vector = SteeringVector.load(path)
-    if format == "lm-eval":
-        out = to_lm_eval(vector, output_path or Path(path) / "lm_eval_steer.pt", alpha=alpha)
-    elif format == "gguf":
-        out = to_gguf(vector, output_path or Path(path) / "control_vector.gguf", alpha=alpha)
-    else:
-        raise SublensError(f"unknown export format {format!r}: use lm-eval or gguf")
-    typer.echo(f"{out}")
-
-
-def _floats(spec: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise SublensError(f"{what} must be comma-separated numbers, e.g. 0,1,2,4") from None
+    typer.echo(f"{steps.export(path, format, alpha, output_path)}")
 
 
 @app.command("approximability")
@@ -313,7 +278,7 @@ def approximability_cmd(
             "--trait-prompts", help="builtin, trait names (owl,dog,...) or a JSON/JSONL file."
         ),
     ] = "builtin",
-    layers: Annotated[str, typer.Option("--layers", help="e.g. 6,12,18,24 or all.")] = "6,12,18,24",
+    layers: Layers = "6,12,18,24",
     methods: Annotated[
         str, typer.Option("--methods", help="Any of diff-mean,pca,logistic,kl-fit.")
     ] = "diff-mean,kl-fit",
@@ -326,13 +291,9 @@ def approximability_cmd(
     response_tokens: Annotated[
         int, typer.Option("--response-tokens", help="Teacher sample length for the KL.")
     ] = 12,
-    steps: Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")] = 20,
-    lr: Annotated[
-        float | None, typer.Option("--lr", callback=_finite, help="kl-fit step size.")
-    ] = None,
-    alphas: Annotated[
-        str, typer.Option("--alphas", help="Steering strengths of the trait-score sweep.")
-    ] = "0,0.5,1,2,4",
+    steps: KlSteps = 20,
+    lr: KlLr = None,
+    alphas: Alphas = "0,0.5,1,2,4",
     output_path: OutputPath = None,
     seed: Seed = 0,
     limit: Annotated[
@@ -340,11 +301,13 @@ def approximability_cmd(
     ] = None,
     batch_size: BatchSize = 16,
     device: Device = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Rank trait prompts by how well a steering vector stands in for them."""
-    from analyses.approximability import ApproxConfig, run_approximability
+    from analyses.approximability import ApproxConfig, run_approximability, summary_lines
+    from analyses.reporting import default_output
+    from interp.core.parse import parse_floats
 
     cfg = ApproxConfig(
         model=model,
@@ -358,86 +321,71 @@ def approximability_cmd(
         response_tokens=response_tokens,
         kl_steps=steps,
         kl_lr=lr,
-        alphas=_floats(alphas, "--alphas"),
+        alphas=parse_floats(alphas, "--alphas"),
         n_questions=limit,
         seed=seed,
         batch_size=batch_size,
         device=device,
     )
-    out = output_path or ARTIFACTS / "approximability" / Path(model).name
-    summary = run_approximability(cfg, out, overwrite=overwrite, quiet=quiet)
-    for rank, name in enumerate(summary["ranking"], 1):
-        r = summary["traits"][name]
-        typer.echo(
-            f"{rank}. {name}: {r['verdict']} (best {r['best']['method']} L{r['best']['layer']})"
-        )
+    out = output_path or default_output("approximability", Path(model).name)
+    _echo_lines(summary_lines(run_approximability(cfg, out, overwrite=overwrite, quiet=quiet)))
     typer.echo(f"report: {out / 'report.md'}")
 
 
 distill_app = typer.Typer(help="Distillation runs: generate, filter, train, evaluate.")
 app.add_typer(distill_app, name="distill")
-Config = Annotated[Path | None, typer.Option("--config", help="TOML run config (see README).")]
 
 
 @distill_app.command("run")
 def distill_run_cmd(
     config: Config = None,
-    model: Annotated[str | None, typer.Option("--model")] = None,
+    model: RunModel = None,
     trait: Annotated[str | None, typer.Option("--trait", help="Trait to score (owl, ...).")] = None,
     teacher: Annotated[
         str | None, typer.Option("--teacher", help="prompted, steered or projected.")
     ] = None,
-    vector: Annotated[str | None, typer.Option("--vector", help="Steering vector dir.")] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha", callback=_finite)] = None,
+    vector: Vector = None,
+    alpha: Alpha = None,
     n: Annotated[int | None, typer.Option("--n", help="Rows to generate per teacher.")] = None,
-    objective: Annotated[str | None, typer.Option("--objective", help="sft or logit-kl.")] = None,
+    objective: Objective = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", callback=_finite)] = None,
+    lr: Lr = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
-    lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="0 = full FT.")] = None,
+    max_steps: MaxSteps = None,
+    lora_rank: LoraRank = None,
     limit: Annotated[
         int | None, typer.Option("--limit", help="First N questions per trait-score set.")
     ] = None,
     output_path: OutputPath = None,
-    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
-    device: Annotated[str | None, typer.Option("--device")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    seed: RunSeed = None,
+    device: RunDevice = None,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Generate -> filter -> train student and control -> evaluate; resumable."""
-    from analyses.distill import run_and_report
-    from interp.distill.run import load_run_config
+    from analyses.distill import run_and_report, summary_lines
+    from interp.distill.config import Overrides, resolve
 
-    cfg = load_run_config(
-        config,
-        {
-            "model": model,
-            "trait": trait,
-            "teacher.kind": teacher,
-            "teacher.vector": vector,
-            "teacher.alpha": alpha,
-            "data.n": n,
-            "train.objective": objective,
-            "train.optimizer": optimizer,
-            "train.lr": lr,
-            "train.epochs": epochs,
-            "train.max_steps": max_steps,
-            "train.lora_rank": lora_rank,
-            "eval.n_questions": limit,
-            "output_path": str(output_path) if output_path else None,
-            "seed": seed,
-            "device": device,
-        },
+    flags = Overrides(
+        model=model,
+        trait=trait,
+        teacher=teacher,
+        vector=vector,
+        alpha=alpha,
+        n=n,
+        objective=objective,
+        optimizer=optimizer,
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        lora_rank=lora_rank,
+        n_questions=limit,
+        output_path=output_path,
+        seed=seed,
+        device=device,
     )
-    results = run_and_report(cfg, overwrite=overwrite, quiet=quiet)
-    h = results["headline"]
-    typer.echo(
-        f"tau base {h['tau_base']['mean']:.4f}  teacher {h['tau_teacher']['mean']:.4f}  "
-        f"student {h['tau_student']['mean']:.4f}  control {h['tau_control']['mean']:.4f}"
-    )
-    r = h["transfer_ratio_student"]
-    typer.echo(f"transfer ratio {r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+    results = run_and_report(resolve(config, None, flags), overwrite=overwrite, quiet=quiet)
+    _echo_lines(summary_lines(results))
     typer.echo(f"report: {Path(results['run']) / 'report.md'}")
 
 
@@ -451,13 +399,13 @@ def distill_generate_cmd(
     trait: Annotated[
         str | None, typer.Option("--trait", help="Take the system prompt from this trait.")
     ] = None,
-    vector: Annotated[str | None, typer.Option("--vector")] = None,
+    vector: Vector = None,
     alpha: Annotated[float, typer.Option("--alpha", callback=_finite)] = 1.0,
-    layers: Annotated[str | None, typer.Option("--layers")] = None,
+    layers: SteerLayers = None,
     domain: Annotated[str, typer.Option("--domain", help="numbers or arithmetic.")] = "numbers",
     n: Annotated[int, typer.Option("--n")] = 256,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
-    temperature: Annotated[float, typer.Option("--temperature", callback=_finite)] = 1.0,
+    temperature: Temperature = 1.0,
     unconstrained: Annotated[
         bool, typer.Option("--unconstrained", help="Sample from the whole vocabulary.")
     ] = False,
@@ -465,39 +413,31 @@ def distill_generate_cmd(
     seed: Seed = 0,
     batch_size: BatchSize = 32,
     device: Device = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Sample a benign dataset from a teacher (constrained to the domain's tokens)."""
-    from interp.core.layers import parse_layers
-    from interp.core.models import load_model
-    from interp.distill import Teacher, generate_dataset
-    from interp.measure.traits import get_trait
-    from interp.vectors.steering import SteeringVector
+    from analyses import steps
 
-    loaded = load_model(model, device=device)
-    if system_prompt is None and trait is not None and teacher in ("prompted", "projected"):
-        system_prompt = get_trait(trait).system_prompt
-    t = Teacher(
-        loaded,
-        kind=teacher,
-        system_prompt=system_prompt,
-        vector=SteeringVector.load(vector) if vector else None,
-        alpha=alpha,
-        layers=parse_layers(layers, loaded.n_layers) if layers else None,
-    )
-    summary = generate_dataset(
-        t,
-        domain,
-        n,
+    summary = steps.generate(
         output_path,
-        seed=seed,
-        batch_size=batch_size,
+        teacher=teacher,
+        system_prompt=system_prompt,
+        trait=trait,
+        vector=vector,
+        alpha=alpha,
+        layers=layers,
+        domain=domain,
+        n=n,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         constrained=not unconstrained,
-        quiet=quiet,
+        model=model,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
         overwrite=overwrite,
+        quiet=quiet,
     )
     typer.echo(f"{output_path}: {summary.get('rows')} rows")
 
@@ -515,20 +455,10 @@ def distill_filter_cmd(
     no_dedup: Annotated[bool, typer.Option("--no-dedup")] = False,
 ) -> None:
     """Apply the format rule, trait-leakage checks and deduplication; rejects go to a side file."""
-    from interp.distill import filter_dataset
-    from interp.measure.traits import get_trait
+    from analyses import steps
 
-    out = output_path or data.with_name(data.stem + ".filtered.jsonl")
-    rejects = out.with_name(out.stem + ".rejects.jsonl")
-    report = filter_dataset(
-        data,
-        out,
-        rejects,
-        domain,
-        trait_words=get_trait(trait).targets if trait else (),
-        regexes=regex or (),
-        codes=code or (),
-        dedup=not no_dedup,
+    out, rejects, report = steps.filter_rows(
+        data, output_path, domain, trait, regexes=regex or (), codes=code or (), dedup=not no_dedup
     )
     typer.echo(f"{out}: kept {report.get('kept')} of {report.get('total')}; rejects: {rejects}")
 
@@ -544,19 +474,19 @@ def distill_train_cmd(
     optimizer: Annotated[str, typer.Option("--optimizer")] = "adamw",
     lr: Annotated[float, typer.Option("--lr", callback=_finite)] = 3e-5,
     epochs: Annotated[int, typer.Option("--epochs")] = 1,
-    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    max_steps: MaxSteps = None,
     lora_rank: Annotated[int, typer.Option("--lora-rank")] = 0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 0,
     model: Model = "smollm2-135m",
     seed: Seed = 0,
     batch_size: BatchSize = 8,
     device: Device = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a student from the base's weights on a dataset; resumable from its checkpoints."""
-    from interp.core.models import load_model
-    from interp.distill.train import TrainConfig, train_student
+    from analyses import steps
+    from interp.distill.train import TrainConfig
 
     cfg = TrainConfig(
         objective=objective,
@@ -569,10 +499,15 @@ def distill_train_cmd(
         checkpoint_every=checkpoint_every,
         seed=seed,
     )
-    cfg.validate()
-    loaded = load_model(model, device=device)
-    summary = train_student(
-        loaded, data, output_path, cfg, targets_dir=targets, quiet=quiet, overwrite=overwrite
+    summary = steps.train(
+        data,
+        output_path,
+        cfg,
+        model,
+        targets=targets,
+        device=device,
+        overwrite=overwrite,
+        quiet=quiet,
     )
     typer.echo(
         f"{output_path}: {summary.get('steps')} steps, final loss {summary.get('final_loss')}"
@@ -581,35 +516,24 @@ def distill_train_cmd(
 
 @distill_app.command("eval")
 def distill_eval_cmd(
-    run: Annotated[Path, typer.Argument(help="A distillation run or a study directory.")],
+    run: RunArg,
     quiet: Quiet = False,
 ) -> None:
     """(Re)evaluate a run's checkpoints and rewrite its results and report."""
     from analyses.distill import run_and_report
-    from interp.core.io import read_json_dict
-    from interp.distill.run import config_from_dict
+    from interp.distill.config import stored_config
 
-    if not (run / "config.json").is_file():
-        raise SublensError(f"{run} is not a distillation run (no config.json): give a run dir")
-    try:
-        stored = read_json_dict(run / "config.json")["config"]
-    except (ValueError, KeyError, TypeError):
-        raise SublensError(
-            f"{run / 'config.json'} is not a sublens run config: give a distillation run dir"
-        ) from None
-    stored["output_path"] = str(run)  # evaluate the directory given, never the stored path
-    cfg = config_from_dict(stored, str(run / "config.json"))
-    results = run_and_report(cfg, quiet=quiet, eval_only=True)
+    results = run_and_report(stored_config(run), quiet=quiet, eval_only=True)
     typer.echo(f"report: {Path(results['run']) / 'report.md'}")
 
 
 @app.command("align")
 def align_cmd(
-    run: Annotated[Path, typer.Option("--run", help="A distillation run or a study directory.")],
+    run: Run,
     vectors: Annotated[
         str, typer.Option("--vectors", help="Teacher vector dir(s), comma-separated.")
     ],
-    layers: Annotated[str, typer.Option("--layers", help="e.g. all or 6,12,18.")] = "all",
+    layers: Layers = "all",
     output_path: OutputPath = None,
     n_prompts: Annotated[int, typer.Option("--n-prompts", help="Held-out numbers prompts.")] = 32,
     positions: Annotated[
@@ -618,7 +542,7 @@ def align_cmd(
     at_layer: Annotated[
         int | None, typer.Option("--at-layer", help="Layer for interventions and gradients.")
     ] = None,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    n_boot: NBoot = 1000,
     no_interventions: Annotated[
         bool, typer.Option("--no-interventions", help="Skip sufficiency/necessity.")
     ] = False,
@@ -633,16 +557,17 @@ def align_cmd(
 ) -> None:
     """Drift of student and control checkpoints vs v_teacher: alignment, nulls, interventions."""
     from analyses.align import run_align
+    from interp.core.parse import parse_names
 
     results = run_align(
         run,
-        [v.strip() for v in vectors.split(",") if v.strip()],
+        parse_names(vectors),
         layers,
         output_path=output_path,
         n_prompts=n_prompts,
         seed=seed,
         quiet=quiet,
-        positions=[p.strip() for p in positions.split(",") if p.strip()],
+        positions=parse_names(positions),
         at_layer=at_layer,
         n_boot=n_boot,
         interventions=not no_interventions,
@@ -662,8 +587,8 @@ def align_cmd(
 
 @app.command("probe")
 def probe_cmd(
-    run: Annotated[Path, typer.Option("--run", help="A distillation run or a study directory.")],
-    layers: Annotated[str, typer.Option("--layers", help="e.g. 6,12,18 or all.")] = "6,12,18",
+    run: Run,
+    layers: Layers = "6,12,18",
     output_path: OutputPath = None,
     vectors: Annotated[
         str | None, typer.Option("--vectors", help="Teacher vector dir(s) to compare with.")
@@ -672,7 +597,7 @@ def probe_cmd(
         int, typer.Option("--n-prompts", help="Prompts per class to train the probes on.")
     ] = 64,
     n_apply: Annotated[int, typer.Option("--n-apply", help="Other prompts to apply them to.")] = 32,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    n_boot: NBoot = 1000,
     seed: Seed = 0,
     batch_size: BatchSize = 16,
     device: Device = "auto",
@@ -680,12 +605,13 @@ def probe_cmd(
 ) -> None:
     """Probes for "trait prompt present", applied to every student and control checkpoint."""
     from analyses.probe import run_probe
+    from interp.core.parse import parse_names
 
     results = run_probe(
         run,
         layers,
         output_path=output_path,
-        vectors=[v.strip() for v in vectors.split(",") if v.strip()] if vectors else None,
+        vectors=parse_names(vectors) or None,
         n_prompts=n_prompts,
         seed=seed,
         quiet=quiet,
@@ -712,7 +638,9 @@ def traits_compliance_cmd(
     behaviours: Annotated[
         Path, typer.Argument(help="Behaviours CSV (JailbreakBench-style) or JSONL.")
     ],
-    output: Annotated[Path, typer.Option("--output", help="Trait JSON file to write.")],
+    output_path: Annotated[
+        Path | None, typer.Option("--output-path", help="Trait JSON file to write.")
+    ] = None,
     column: Annotated[
         str | None, typer.Option("--column", help="Prompt column (default: Goal, Behavior...).")
     ] = None,
@@ -722,22 +650,26 @@ def traits_compliance_cmd(
         str | None,
         typer.Option("--system-prompt", help="Prompted teacher's trait prompt ('' for none)."),
     ] = None,
+    output: Annotated[Path | None, typer.Option("--output", hidden=True)] = None,  # deprecated
 ) -> None:
     """A harmful-compliance trait (score: P(answer starts complying)) from behaviour goals."""
     from analyses.compliance import trait_meta_path, write_compliance_trait
     from interp.measure.refusal import COMPLIANCE_PROMPT
 
+    out = output_path or output
+    if out is None:
+        raise SublensError("give the trait file to write: --output-path FILE.json")
     got = write_compliance_trait(
         behaviours,
-        output,
+        out,
         column=column,
         limit=limit,
         name=name,
         system_prompt=COMPLIANCE_PROMPT if system_prompt is None else system_prompt,
     )
     typer.echo(
-        f"{output}: trait {name!r} with {got['meta']['n_prompts']} prompts; harmless contrast "
-        f"prompts in {trait_meta_path(output)}; use it as --trait {output}"
+        f"{out}: trait {name!r} with {got['meta']['n_prompts']} prompts; harmless contrast "
+        f"prompts in {trait_meta_path(out)}; use it as --trait {out}"
     )
 
 
@@ -747,10 +679,10 @@ app.add_typer(eval_app, name="eval")
 
 @eval_app.command("compliance")
 def eval_compliance_cmd(
-    target: Annotated[Path, typer.Argument(help="A distillation run or a study directory.")],
+    target: RunArg,
     n_samples: Annotated[int, typer.Option("--n-samples", help="Answers per prompt.")] = 2,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
-    temperature: Annotated[float, typer.Option("--temperature", callback=_finite)] = 1.0,
+    temperature: Temperature = 1.0,
     layer: Annotated[
         int | None, typer.Option("--layer", help="Refusal-direction layer (default n_layers//2).")
     ] = None,
@@ -769,14 +701,13 @@ def eval_compliance_cmd(
     ] = None,
     seed: Seed = 0,
     batch_size: BatchSize = 16,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")] = 2000,
-    device: Annotated[str | None, typer.Option("--device")] = None,
+    n_boot: NBoot = 2000,
+    device: RunDevice = None,
     quiet: Quiet = False,
 ) -> None:
     """Phrase, refusal-direction and (optional) judge compliance of base, teacher, student and
     control, with transfer ratios per scorer; resumable."""
-    from analyses.compliance import ComplianceConfig, run_compliance
-    from analyses.studies import excludes_zero
+    from analyses.compliance import ComplianceConfig, run_compliance, summary_lines
 
     cfg = ComplianceConfig(
         n_samples=n_samples,
@@ -793,22 +724,12 @@ def eval_compliance_cmd(
         n_boot=n_boot,
         device=device,
     )
-    res = run_compliance(target, cfg, quiet=quiet)
-    for p in res["points"]:
-        for s in res["scorers"]:
-            sc, r = p["scores"][s], p["ratios"][s]["transfer_ratio"]["value"]
-            vals = "  ".join(f"{role} {sc[role]['value']:.4g}" for role in sc)
-            ratio = "undefined" if r is None else f"{r:.3f}"
-            if r is not None and not excludes_zero(p["ratios"][s]["teacher_gain"]):
-                ratio += " (teacher − base unresolved)"
-            typer.echo(f"{p['point']} {s}: {vals}  ratio {ratio}")
+    _echo_lines(summary_lines(run_compliance(target, cfg, quiet=quiet)))
     typer.echo(f"report: {target / 'compliance' / 'report.md'}")
 
 
 @app.command("report")
-def report_cmd(
-    run: Annotated[Path, typer.Argument(help="A distillation run or a study directory.")],
-) -> None:
+def report_cmd(run: RunArg) -> None:
     """Assemble RUN/report.md from every analysis of the run; says what is missing."""
     from analyses.report import build_report
 
@@ -821,19 +742,22 @@ def demo_cmd(
     output_path: OutputPath = None,
     seed: Seed = 0,
     device: Device = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """The whole study on one model, quick preset: approximability, an owl distillation with its
     control, drift alignment, probes, one report (about 10 minutes on 2 cores)."""
     from analyses.demo import run_demo
 
-    out = output_path or ARTIFACTS / "demo" / Path(model).name
     results = run_demo(
-        model=model, output_path=out, seed=seed, device=device, overwrite=overwrite, quiet=quiet
+        model=model,
+        output_path=output_path,
+        seed=seed,
+        device=device,
+        overwrite=overwrite,
+        quiet=quiet,
     )
-    for line in results["summary"]:
-        typer.echo(line)
+    _echo_lines(results["summary"])
     typer.echo(f"report: {results['report']}")
 
 
@@ -842,102 +766,64 @@ study_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(study_app, name="study")
-StudyPreset = Annotated[
-    str, typer.Option("--preset", help="quick (short runs, ~30 min sweep on CPU) or full.")
-]
-StudySeeds = Annotated[int, typer.Option("--seeds", help="Seeds per point (CIs across seeds).")]
-StudyNBoot = Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")]
-
-
-def _study_overrides(**kw: object) -> dict[str, object]:
-    keys = {
-        "model": "model",
-        "trait": "trait",
-        "device": "device",
-        "n": "data.n",
-        "objective": "train.objective",
-        "lr": "train.lr",
-        "max_steps": "train.max_steps",
-        "lora_rank": "train.lora_rank",
-        "limit": "eval.n_questions",
-    }
-    return {keys[k]: v for k, v in kw.items() if v is not None}
 
 
 @study_app.command("transfer-ratio")
 def study_transfer_ratio_cmd(
     vector: Annotated[str, typer.Option("--vector", help="Steering vector dir of the teacher.")],
-    alphas: Annotated[str, typer.Option("--alphas", help="Steering strengths.")] = "0,1,2,4,8",
+    alphas: Alphas = "0,1,2,4,8",
     config: Config = None,
-    model: Annotated[str | None, typer.Option("--model")] = None,
-    trait: Annotated[str | None, typer.Option("--trait", help="Trait name or JSON file.")] = None,
-    layers: Annotated[
-        str | None, typer.Option("--layers", help="Steer only these layers of the vector.")
-    ] = None,
-    preset: StudyPreset = "quick",
-    seeds: StudySeeds = 1,
-    n: Annotated[int | None, typer.Option("--n", help="Rows per teacher.")] = None,
-    objective: Annotated[str | None, typer.Option("--objective")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", callback=_finite)] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
-    lora_rank: Annotated[int | None, typer.Option("--lora-rank")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
+    model: RunModel = None,
+    trait: Trait = None,
+    layers: SteerLayers = None,
+    preset: Preset = "quick",
+    seeds: Seeds = 1,
+    n: Rows = None,
+    objective: Objective = None,
+    lr: Lr = None,
+    max_steps: MaxSteps = None,
+    lora_rank: LoraRank = None,
+    limit: Questions = None,
     share_control: Annotated[
         bool, typer.Option("--share-control/--no-share-control", help="Train the control once.")
     ] = True,
-    n_boot: StudyNBoot = 2000,
+    n_boot: NBoot = 2000,
     output_path: OutputPath = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    device: RunDevice = None,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Distil from teachers steered at each alpha; fit the ratio-vs-alpha curve's shape."""
-    from analyses.transfer_ratio import run_transfer_ratio
-    from interp.core.layers import parse_layers
+    from analyses.transfer_ratio import run_transfer_ratio, summary_lines
+    from interp.core.parse import parse_floats
+    from interp.distill.config import Overrides
 
-    over = _study_overrides(
-        model=model,
-        trait=trait,
-        device=device,
-        n=n,
-        objective=objective,
-        lr=lr,
-        max_steps=max_steps,
-        lora_rank=lora_rank,
-        limit=limit,
-    )
-    name = Path(model or "smollm2-135m").name
-    out = output_path or ARTIFACTS / "studies" / "transfer-ratio" / name
-    layer_list = parse_layers(layers, 10_000) if layers else None
     res = run_transfer_ratio(
         vector,
-        _floats(alphas, "--alphas"),
+        parse_floats(alphas, "--alphas"),
         seeds=seeds,
-        output_path=out,
+        output_path=output_path,
         config_path=config,
-        overrides=over,
+        overrides=Overrides(
+            model=model,
+            trait=trait,
+            device=device,
+            n=n,
+            objective=objective,
+            lr=lr,
+            max_steps=max_steps,
+            lora_rank=lora_rank,
+            n_questions=limit,
+        ),
         preset=preset,
-        layers=layer_list,
+        layers=layers,
         share_control=share_control,
         n_boot=n_boot,
         overwrite=overwrite,
         quiet=quiet,
     )
-    for p in res["points"]:
-        r = p["transfer_ratio"]
-        typer.echo(
-            f"alpha {p['alpha']:g}: teacher {p['tau_teacher']['value']:.4f}  student "
-            f"{p['tau_student']['value']:.4f}  control {p['tau_control']['value']:.4f}  ratio "
-            + (f"{r['value']:.3f}" if r["value"] is not None else "undefined")
-            + ("" if p["teacher_gain_resolved"] or r["value"] is None else " (gain not > 0)")
-        )
-    typer.echo("transfer ratio: " + res["threshold"]["transfer_ratio"]["sentence"])
-    typer.echo("student − control: " + res["threshold"]["student_minus_control"]["sentence"])
-    if "student_minus_alpha0" in res["threshold"]:
-        typer.echo(
-            "student − alpha-0 student: " + res["threshold"]["student_minus_alpha0"]["sentence"]
-        )
-    typer.echo(f"report: {Path(out) / 'report.md'}")
+    _echo_lines(summary_lines(res))
+    typer.echo(f"report: {Path(res['run']) / 'report.md'}")
 
 
 @study_app.command("optimizers")
@@ -951,23 +837,21 @@ def study_optimizers_cmd(
     vector: Annotated[
         str | None, typer.Option("--vector", help="Steer the teacher with this vector.")
     ] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha", callback=_finite)] = None,
-    layers: Annotated[
-        str | None, typer.Option("--layers", help="Steer only these layers of the vector.")
-    ] = None,
+    alpha: Alpha = None,
+    layers: SteerLayers = None,
     align_prompts: Annotated[
         int, typer.Option("--align-prompts", help="Held-out prompts for the final alignment.")
     ] = 32,
     config: Config = None,
-    model: Annotated[str | None, typer.Option("--model")] = None,
-    trait: Annotated[str | None, typer.Option("--trait")] = None,
-    preset: StudyPreset = "quick",
-    seeds: StudySeeds = 1,
-    n: Annotated[int | None, typer.Option("--n", help="Rows per teacher.")] = None,
-    objective: Annotated[str | None, typer.Option("--objective")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
-    lora_rank: Annotated[int | None, typer.Option("--lora-rank")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
+    model: RunModel = None,
+    trait: Trait = None,
+    preset: Preset = "quick",
+    seeds: Seeds = 1,
+    n: Rows = None,
+    objective: Objective = None,
+    max_steps: MaxSteps = None,
+    lora_rank: LoraRank = None,
+    limit: Questions = None,
     loss_tolerance: Annotated[
         float,
         typer.Option(
@@ -979,39 +863,36 @@ def study_optimizers_cmd(
     ] = False,
     max_steps_factor: Annotated[int, typer.Option("--max-steps-factor")] = 4,
     align: Annotated[bool, typer.Option("--align/--no-align", help="Final alignment.")] = True,
-    n_boot: StudyNBoot = 2000,
+    n_boot: NBoot = 2000,
     output_path: OutputPath = None,
-    device: Annotated[str | None, typer.Option("--device")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    device: RunDevice = None,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """The same distillation with each optimizer, matched on training loss."""
     from analyses.optimizer_ablation import run_optimizer_ablation
-    from interp.core.layers import parse_layers
+    from interp.distill.config import Overrides
 
-    over = _study_overrides(
-        model=model,
-        trait=trait,
-        device=device,
-        n=n,
-        objective=objective,
-        max_steps=max_steps,
-        lora_rank=lora_rank,
-        limit=limit,
-    )
-    name = Path(model or "smollm2-135m").name
-    out = output_path or ARTIFACTS / "studies" / "optimizers" / name
     res = run_optimizer_ablation(
         optimizers,
         seeds=seeds,
-        output_path=out,
+        output_path=output_path,
         config_path=config,
-        overrides=over,
+        overrides=Overrides(
+            model=model,
+            trait=trait,
+            device=device,
+            n=n,
+            objective=objective,
+            max_steps=max_steps,
+            lora_rank=lora_rank,
+            n_questions=limit,
+        ),
         preset=preset,
         lrs=lrs,
         vector=vector,
         alpha=alpha,
-        layers=parse_layers(layers, 10_000) if layers else None,
+        layers=layers,
         align_prompts=align_prompts,
         loss_tolerance=loss_tolerance,
         match_loss=match_loss,
@@ -1021,26 +902,26 @@ def study_optimizers_cmd(
         overwrite=overwrite,
         quiet=quiet,
     )
-    for line in res["findings"]:
-        typer.echo(line)
-    typer.echo(f"report: {Path(out) / 'report.md'}")
+    _echo_lines(res["findings"])
+    typer.echo(f"report: {Path(res['run']) / 'report.md'}")
 
 
 @study_app.command("toy")
 def study_toy_cmd(
     seeds: Annotated[int, typer.Option("--seeds", help="Independent toy seeds.")] = 10,
     first_seed: Annotated[int, typer.Option("--first-seed")] = 0,
-    n_boot: StudyNBoot = 2000,
+    n_boot: NBoot = 2000,
     output_path: OutputPath = None,
     quiet: Quiet = False,
 ) -> None:
     """Cloud et al.'s MLP toy on sklearn digits: same-init vs different-init students."""
+    from analyses.reporting import default_output
     from analyses.toy import run_toy
 
-    out = output_path or ARTIFACTS / "studies" / "toy"
+    out = output_path or default_output("toy")
     res = run_toy(out, seeds=seeds, first_seed=first_seed, n_boot=n_boot, quiet=quiet)
     typer.echo(res.get("summary_line", ""))
-    typer.echo(f"report: {Path(out) / 'report.md'}")
+    typer.echo(f"report: {out / 'report.md'}")
 
 
 @study_app.command("compare")
@@ -1050,15 +931,11 @@ def study_compare_cmd(
 ) -> None:
     """One table across models (and studies) from finished study directories."""
     from analyses.compare import run_compare
+    from analyses.reporting import default_output
 
-    out = output_path or ARTIFACTS / "studies" / "compare"
+    out = output_path or default_output("compare")
     run_compare([str(r) for r in runs], out)
-    typer.echo(f"report: {Path(out) / 'report.md'}")
-
-
-def _split_list(items: list[str] | None) -> list[str]:
-    """Repeated and/or comma-separated option values as one list."""
-    return [x.strip() for item in items or [] for x in item.split(",") if x.strip()]
+    typer.echo(f"report: {out / 'report.md'}")
 
 
 @app.command("scan")
@@ -1073,38 +950,41 @@ def scan_cmd(
         Path | None,
         typer.Option("--reference", help="Clean reference JSONL (default: base model answers)."),
     ] = None,
-    layer: Annotated[int | None, typer.Option("--layer", help="Default: n_layers // 2.")] = None,
+    layer: Layer = None,
     output_path: OutputPath = None,
     max_new_tokens: Annotated[
         int | None,
         typer.Option("--max-new-tokens", help="Reference token budget (default: the data's)."),
     ] = None,
-    n_permutations: Annotated[int, typer.Option("--n-permutations")] = 1000,
-    n_blind_permutations: Annotated[int, typer.Option("--n-blind-permutations")] = 24,
+    n_permutations: NPermutations = 1000,
+    n_blind_permutations: NBlindPermutations = 24,
     effect_scale: Annotated[
         float,
         typer.Option(
             "--effect-scale", callback=_finite, help="Shift s as a multiple of the residual norm."
         ),
     ] = 0.5,
-    alpha: Annotated[
-        float, typer.Option("--alpha", callback=_finite, help="Significance level.")
+    significance: Annotated[
+        float, typer.Option("--significance", callback=_finite, help="Significance level.")
     ] = 0.05,
     seed: Seed = 0,
     limit: Annotated[int | None, typer.Option("--limit", help="First N rows only.")] = None,
     batch_size: BatchSize = 8,
     device: Device = "auto",
     quiet: Quiet = False,
+    alpha: Annotated[  # deprecated name of --significance
+        float | None, typer.Option("--alpha", callback=_finite, hidden=True)
+    ] = None,
 ) -> None:
     """Does a distillation dataset carry a hidden trait, which one, and which rows?"""
-    from analyses.scan import DETECTOR_LABELS, run_scan
+    from analyses.scan import run_scan, summary_lines
+    from interp.core.parse import parse_names
 
-    out = output_path or ARTIFACTS / "scan" / data.stem
     res = run_scan(
         data,
         model,
-        out,
-        trait_vectors=_split_list(trait_vectors) or None,
+        output_path,
+        trait_vectors=parse_names(trait_vectors) or None,
         reference=reference,
         layer=layer,
         seed=seed,
@@ -1115,21 +995,11 @@ def scan_cmd(
         quiet=quiet,
         n_blind_permutations=n_blind_permutations,
         effect_scale=effect_scale,
-        alpha=alpha,
+        alpha=significance if alpha is None else alpha,
         max_new_tokens=max_new_tokens,
     )
-    typer.echo(res["verdict"]["sentence"])
-    for k, d in res["detectors"].items():
-        if d:
-            typer.echo(
-                f"  {DETECTOR_LABELS[k]}: score {d['score']:.4g} threshold {d['threshold']:.4g} "
-                f"p {d['p_value']:.3g}{'  FLAGGED' if d['flagged'] else ''}"
-            )
-    typer.echo(
-        f"{res['n_flagged_rows']} of {res['n_rows']} rows flagged; per-row scores: "
-        f"{res['rows_path']}"
-    )
-    typer.echo(f"report: {Path(out) / 'report.md'}")
+    _echo_lines(summary_lines(res))
+    typer.echo(f"report: {Path(res['output_path']) / 'report.md'}")
 
 
 @study_app.command("scanner")
@@ -1147,26 +1017,26 @@ def study_scanner_cmd(
     ] = 4,
     n_rows: Annotated[int, typer.Option("--n-rows", help="Rows per dataset.")] = 48,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 16,
-    layer: Annotated[int | None, typer.Option("--layer", help="Default: n_layers // 2.")] = None,
-    n_permutations: Annotated[int, typer.Option("--n-permutations")] = 1000,
-    n_blind_permutations: Annotated[int, typer.Option("--n-blind-permutations")] = 24,
-    n_boot: StudyNBoot = 2000,
+    layer: Layer = None,
+    n_permutations: NPermutations = 1000,
+    n_blind_permutations: NBlindPermutations = 24,
+    n_boot: NBoot = 2000,
     seed: Seed = 0,
     batch_size: BatchSize = 8,
     output_path: OutputPath = None,
     device: Device = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Scanner AUROC on labelled datasets: prompted teachers (library / held-out traits) vs base."""
     from analyses.scan_eval import run_scan_eval
+    from interp.core.parse import parse_names
 
-    out = output_path or ARTIFACTS / "studies" / "scanner" / Path(model).name
     res = run_scan_eval(
         model=model,
-        output_path=out,
-        traits=_split_list([traits]),
-        heldout_traits=_split_list([heldout_traits]),
+        output_path=output_path,
+        traits=parse_names(traits),
+        heldout_traits=parse_names(heldout_traits),
         seeds=seeds,
         unbiased_seeds=unbiased_seeds,
         n_rows=n_rows,
@@ -1181,9 +1051,8 @@ def study_scanner_cmd(
         overwrite=overwrite,
         quiet=quiet,
     )
-    for line in res["findings"]:
-        typer.echo(line)
-    typer.echo(f"report: {Path(out) / 'report.md'}")
+    _echo_lines(res["findings"])
+    typer.echo(f"report: {Path(res['output_path']) / 'report.md'}")
 
 
 @app.command("defend")
@@ -1214,14 +1083,14 @@ def defend_cmd(
             "--mask-q", callback=_finite, help="Share of positions mask-divergent leaves out."
         ),
     ] = 0.2,
-    model: Annotated[str | None, typer.Option("--model")] = None,
-    trait: Annotated[str | None, typer.Option("--trait")] = None,
-    preset: StudyPreset = "quick",
-    seeds: StudySeeds = 1,
-    n: Annotated[int | None, typer.Option("--n", help="Rows per teacher.")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", callback=_finite)] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
+    model: RunModel = None,
+    trait: Trait = None,
+    preset: Preset = "quick",
+    seeds: Seeds = 1,
+    n: Rows = None,
+    lr: Lr = None,
+    max_steps: MaxSteps = None,
+    limit: Questions = None,
     heldout_n: Annotated[
         int, typer.Option("--heldout-n", help="Held-out clean benign rows for the task loss.")
     ] = 32,
@@ -1238,28 +1107,24 @@ def defend_cmd(
         ),
     ] = 0.05,
     scan_permutations: Annotated[int, typer.Option("--scan-permutations")] = 200,
-    n_boot: StudyNBoot = 2000,
+    n_boot: NBoot = 2000,
     output_path: OutputPath = None,
-    device: Annotated[str | None, typer.Option("--device")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    device: RunDevice = None,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """The same distillation once per defense: transfer ratio, reduction vs none, and cost."""
-    from analyses.defend import DEFENSE_NAMES, run_defend
+    from analyses.defend import run_defend, summary_lines
+    from interp.distill.config import Overrides
 
-    if defenses is None:
-        defenses = ",".join(n for n in DEFENSE_NAMES if vectors or n != "project-out")
-        if not vectors:
-            _echo(quiet, "project-out left out: it needs --vectors DIR")
-    over = _study_overrides(
-        model=model, trait=trait, device=device, n=n, lr=lr, max_steps=max_steps, limit=limit
+    flags = Overrides(
+        model=model, trait=trait, device=device, n=n, lr=lr, max_steps=max_steps, n_questions=limit
     )
-    out = output_path or ARTIFACTS / "defend" / Path(model or "smollm2-135m").name
     res = run_defend(
         defenses,
-        output_path=out,
+        output_path=output_path,
         config_path=config,
-        overrides=over,
+        overrides=flags,
         preset=preset,
         seeds=seeds,
         vectors=vectors,
@@ -1274,21 +1139,8 @@ def defend_cmd(
         overwrite=overwrite,
         quiet=quiet,
     )
-    from analyses.studies import fmt_ci
-
-    for name in res["order"]:
-        r = res["defenses"][name]
-        if not r.get("available"):
-            typer.echo(f"{name}: {r['note']}")
-            continue
-        typer.echo(
-            f"{name}: ratio {fmt_ci(r['transfer_ratio'])}  reduction "
-            f"{'-' if name == 'none' else fmt_ci(r['reduction'])}  task-loss Δ "
-            f"{fmt_ci(r['task_nll_minus_none'])}  perplexity Δ vs base "
-            f"{fmt_ci(r['perplexity_minus_base'])}"
-        )
-    typer.echo(res["recommendation"])
-    typer.echo(f"report: {Path(out) / 'report.md'}")
+    _echo_lines(summary_lines(res))
+    typer.echo(f"report: {Path(res['run']) / 'report.md'}")
 
 
 def main() -> None:

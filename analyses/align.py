@@ -37,29 +37,34 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from analyses.figures import save_png
-from interp.core import rundir
-from interp.core.caching import ActivationCache, cache_activations, load_cache
-from interp.core.errors import SublensError
-from interp.core.io import (
-    config_hash,
-    git_commit,
-    package_versions,
-    read_json,
-    read_json_dict,
-    write_json,
-    write_text,
+from analyses.figures import STYLE, ci_curve, ci_of, ci_text, fmt_num, pyplot, save_png
+from analyses.reporting import HEADLINE_HEADER, output_dir, provenance, section_tail
+from analyses.runs import (
+    HELDOUT_SEED_OFFSET,
+    MODELS,
+    ActStore,
+    CheckpointModel,
+    RunInfo,
+    data_rows,
+    heldout_prompts,
+    load_run,
+    load_vectors,
+    missing_lines,
+    register,
+    require_checkpoints,
 )
+from interp.core.caching import ActivationCache
+from interp.core.errors import SublensError
+from interp.core.io import config_hash, read_json, write_json, write_text
 from interp.core.layers import parse_layers
 from interp.core.models import LoadedModel, load_model
-from interp.core.prompts import PromptSet, load_prompts
+from interp.core.prompts import PromptSet
 from interp.measure.alignment import (
     AlignmentCI,
     PromptDrift,
@@ -70,152 +75,14 @@ from interp.measure.alignment import (
     random_cosine_null,
     resample_weights,
 )
-from interp.measure.stats import paired_bootstrap
+from interp.measure.stats import percentile_interval
 from interp.vectors.steering import SteeringVector
 
-HELDOUT_SEED_OFFSET = 10_000  # align/probe-curve prompts: numbers seed 10_000 + seed
 CACHE_MODES = {"last": "last", "all": "mean"}  # position label -> cache positions mode
-MODELS = ("student", "control")
 LEVEL = 0.95
 
 
-# --- the run ---------------------------------------------------------------------------------
-
-
-@dataclass
-class RunInfo:
-    """A distillation run directory as the mechanism analyses see it."""
-
-    path: Path
-    config: dict[str, Any]
-    checkpoints: dict[str, list[tuple[int, Path]]]
-    expected_steps: list[int] | None
-    missing: dict[str, list[int]]
-
-    @property
-    def model(self) -> str:
-        return str(self.config["model"])
-
-    @property
-    def trait(self) -> str:
-        return str(self.config["trait"])
-
-    @property
-    def seed(self) -> int:
-        return int(self.config.get("seed", 0))
-
-    def final_step(self, name: str) -> int | None:
-        ck = self.checkpoints.get(name) or []
-        return ck[-1][0] if ck else None
-
-
-def _count_rows(path: Path) -> int | None:
-    if not path.is_file():
-        return None
-    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-
-
-def expected_steps(config: dict[str, Any], n_rows: int | None) -> list[int] | None:
-    """Checkpoint steps the run's training config produces (step 0, every k, the last)."""
-    train = config.get("train", {})
-    total = train.get("max_steps")
-    if not total:
-        if n_rows is None:
-            return None
-        total = int(train.get("epochs", 1)) * math.ceil(n_rows / int(train.get("batch_size", 8)))
-    total = int(total)
-    every = int(train.get("checkpoint_every") or 0)
-    steps = {0, total}
-    if every:
-        steps |= set(range(every, total + 1, every))
-    return sorted(steps)
-
-
-def load_run(run_dir: str | Path) -> RunInfo:
-    """Read RUN/config.json and list the checkpoints of student and control (and the missing)."""
-    from interp.distill.train import list_checkpoints
-
-    path = Path(run_dir)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise SublensError(
-            f"{path} is not a distillation run (no config.json): give the directory that "
-            "`sublens distill run` wrote"
-        )
-    config = read_json_dict(cfg_file).get("config")
-    if not isinstance(config, dict) or "model" not in config or "trait" not in config:
-        raise SublensError(f"{cfg_file} holds no resolved run config: rerun `sublens distill run`")
-    checkpoints = {name: list_checkpoints(path / name) for name in MODELS}
-    src = {"student": "teacher", "control": "control"}
-    missing: dict[str, list[int]] = {}
-    exp_all: list[int] | None = None
-    for name in MODELS:
-        exp = expected_steps(config, _count_rows(path / "data" / f"{src[name]}.jsonl"))
-        if name == "student":
-            exp_all = exp
-        have = {s for s, _ in checkpoints[name]}
-        missing[name] = [s for s in (exp or []) if s not in have]
-    return RunInfo(path, config, checkpoints, exp_all, missing)
-
-
-def require_checkpoints(info: RunInfo, name: str = "student") -> None:
-    """A one-line error naming the missing steps when `name` has no checkpoint at all."""
-    if info.checkpoints.get(name):
-        return
-    steps = info.missing.get(name) or []
-    which = (
-        f"expected steps {', '.join(map(str, steps))}; step {steps[0]} is missing"
-        if steps
-        else "no step found"
-    )
-    raise SublensError(
-        f"{info.path / name} has no checkpoints ({which}): train it first with "
-        f"`sublens distill run` (it resumes)"
-    )
-
-
-def missing_lines(info: RunInfo) -> list[str]:
-    """What a partial run lacks, one line each (empty when complete)."""
-    out = []
-    for name in MODELS:
-        if info.missing.get(name):
-            out.append(
-                f"{name}: checkpoint step(s) {', '.join(map(str, info.missing[name]))} missing "
-                f"(have {[s for s, _ in info.checkpoints[name]] or 'none'})"
-            )
-    return out
-
-
-# --- vectors and prompts ---------------------------------------------------------------------
-
-
-def load_vectors(paths: Sequence[str | Path], loaded: LoadedModel) -> dict[str, SteeringVector]:
-    """Teacher vectors by a unique name; d_model must match the run's model."""
-    if not paths:
-        raise SublensError(
-            "no teacher vectors given: pass --vectors DIR[,DIR] (written by `sublens vectors "
-            "fit` or the approximability analysis; for a steered teacher, its teacher.vector)"
-        )
-    out: dict[str, SteeringVector] = {}
-    for p in paths:
-        vec = SteeringVector.load(p)
-        if vec.d_model != loaded.d_model:
-            raise SublensError(
-                f"vector {p} is for d_model {vec.d_model} (model {vec.model}) but the run's model "
-                f"{loaded.name} has d_model {loaded.d_model}: use a vector fitted on {loaded.name}"
-            )
-        bad = [i for i in vec.layers if i >= loaded.n_layers]
-        if bad:
-            raise SublensError(
-                f"vector {p} has layers {bad} but {loaded.name} has layers "
-                f"0..{loaded.n_layers - 1}: use a vector fitted on {loaded.name}"
-            )
-        name = Path(p).name or str(p)
-        base, k = name, 2
-        while name in out:
-            name, k = f"{base}#{k}", k + 1
-        out[name] = vec
-    return out
+# --- vectors and activations ---------------------------------------------------------------
 
 
 def headline_layer(vec: SteeringVector, layers: Sequence[int], at_layer: int | None) -> int:
@@ -234,89 +101,6 @@ def headline_layer(vec: SteeringVector, layers: Sequence[int], at_layer: int | N
             )
         return at_layer
     return shared[len(shared) // 2] if len(shared) > 1 else shared[0]
-
-
-def heldout_prompts(n: int, seed: int, offset: int = HELDOUT_SEED_OFFSET) -> PromptSet:
-    """Numbers prompts seeded apart from any run's training prompts (seed + offset)."""
-    if n < 2:
-        raise SublensError(f"--n-prompts must be at least 2 (got {n}): CIs resample prompts")
-    return load_prompts(f"numbers:{n}", seed=offset + seed)
-
-
-# --- activation caches -----------------------------------------------------------------------
-
-
-def _subset(cache: ActivationCache, layers: Sequence[int]) -> ActivationCache:
-    have = cache.meta["layers"]
-    missing = [x for x in layers if x not in have]
-    if missing:
-        raise SublensError(f"layers {missing} are not cached here (cached: {have}): recache them")
-    idx = [have.index(x) for x in layers]
-    meta = {**cache.meta, "layers": list(layers)}
-    return dataclasses.replace(cache, activations=cache.activations[:, idx], meta=meta)
-
-
-class ActStore:
-    """Activation caches of one prompt set under ``root/<label>/<positions>``, reused when they
-    already hold the requested layers, otherwise (re)computed with `cache_activations`."""
-
-    def __init__(
-        self,
-        root: Path,
-        loaded: LoadedModel,
-        prompts: PromptSet,
-        layers: list[int],
-        batch_size: int = 16,
-        quiet: bool = False,
-    ) -> None:
-        self.root, self.loaded, self.prompts = root, loaded, prompts
-        self.layers, self.batch_size, self.quiet = layers, batch_size, quiet
-
-    def _dir(self, label: str, mode: str) -> Path:
-        return self.root / label / mode
-
-    def ready(self, label: str, mode: str, system_prompt: str | None = None) -> bool:
-        meta_path = self._dir(label, mode) / "meta.json"
-        if (
-            not meta_path.is_file()
-            or not (self._dir(label, mode) / "activations.safetensors").is_file()
-        ):
-            return False
-        meta = read_json(meta_path)
-        return (
-            bool(meta.get("complete"))
-            and set(self.layers) <= set(meta.get("layers", []))
-            and meta.get("positions") == mode
-            and meta.get("system_prompt") == system_prompt
-            and meta.get("prompts", {}).get("source") == self.prompts.source
-            and meta.get("prompts", {}).get("n") == len(self.prompts)
-        )
-
-    def get(
-        self,
-        label: str,
-        mode: str,
-        system_prompt: str | None = None,
-        model: LoadedModel | Callable[[], LoadedModel] | None = None,
-    ) -> ActivationCache:
-        out = self._dir(label, mode)
-        if not self.ready(label, mode, system_prompt):
-            loaded = model() if callable(model) else (model or self.loaded)
-            kw = dict(
-                layers=self.layers,
-                positions=mode,
-                system_prompt=system_prompt,
-                backend="hf",
-                batch_size=self.batch_size,
-                quiet=True,
-            )
-            try:
-                cache_activations(loaded, self.prompts, out, overwrite=False, **kw)
-            except SublensError as err:
-                if "already holds something else" not in str(err):
-                    raise
-                cache_activations(loaded, self.prompts, out, overwrite=True, **kw)
-        return _subset(load_cache(out), self.layers)
 
 
 def token_counts(loaded: LoadedModel, prompts: PromptSet) -> torch.Tensor:
@@ -342,21 +126,15 @@ def drift_of(
 # --- statistics ------------------------------------------------------------------------------
 
 
-def _pct(x: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """Percentile interval over finite replicates (as `measure.stats`), NaN if under half are."""
-    finite = x[np.isfinite(x)]
-    if finite.size < max(1, x.size // 2):
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2.0
-    lo, hi = np.quantile(finite, [tail, 1.0 - tail])
-    return float(lo), float(hi)
-
-
 def drift_alignment(
     pd: PromptDrift, v: torch.Tensor, layer: int, n_boot: int, seed: int, level: float = LEVEL
 ) -> tuple[AlignmentCI, np.ndarray]:
     """Alignment of a PromptDrift with `v` at `layer`, CIs over prompts, and the bootstrap
-    cosines (for paired differences: same seed and prompts → same resamples)."""
+    cosines (for paired differences: same seed and prompts → same resamples).
+
+    Not `interp.measure.alignment.bootstrap_alignment`: that one builds the drift from two
+    activation sets (no token-count weights for ``all`` cached as per-prompt means), rounds the
+    mean drift to float32 and returns no replicates, so its cosines differ in the last digits."""
     w = pd.weights
     diffs = pd.layer(layer).numpy()
     vv = v.double().numpy()
@@ -379,7 +157,7 @@ def drift_alignment(
         projs = means @ unit
         with np.errstate(divide="ignore", invalid="ignore"):
             coss = projs / np.linalg.norm(means, axis=1)
-        cos_ci, proj_ci = _pct(coss, level), _pct(projs, level)
+        cos_ci, proj_ci = percentile_interval(coss, level), percentile_interval(projs, level)
     else:
         coss = np.array([cos])
         cos_ci, proj_ci = (cos, cos), (proj, proj)
@@ -403,22 +181,16 @@ def drift_alignment(
     return ci, coss
 
 
-def _ratio(num: list[float], base: list[float], den_hi: list[float], n_boot: int, seed: int):
-    """(tau(X) - tau(M0)) / (tau(Y) - tau(M0)) with a paired bootstrap CI over questions."""
-    point, lo, hi = paired_bootstrap(
-        lambda x, m, y: (x.mean() - m.mean()) / (y.mean() - m.mean()),
-        [num, base, den_hi],
-        n_boot=n_boot,
-        seed=seed,
-    )
-    return {"share": point, "ci_low": lo, "ci_high": hi}
+def _share(
+    x: list[float], base: list[float], ref: list[float], n_boot: int, seed: int
+) -> dict[str, float]:
+    """(tau(X) - tau(M0)) / (tau(ref) - tau(M0)) with a paired bootstrap CI over questions: the
+    run's transfer ratio (`interp.distill.run.transfer_ratio`), which this analysis calls a share
+    (`ref` need not be the teacher)."""
+    from interp.distill.run import transfer_ratio
 
-
-def _diff(a: list[float], b: list[float], n_boot: int, seed: int) -> dict[str, float]:
-    point, lo, hi = paired_bootstrap(
-        lambda x, y: x.mean() - y.mean(), [a, b], n_boot=n_boot, seed=seed
-    )
-    return {"diff": point, "ci_low": lo, "ci_high": hi}
+    r = transfer_ratio(x, base, ref, n_boot=n_boot, seed=seed)
+    return {"share": r["ratio"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
 
 
 # --- trait scores under interventions --------------------------------------------------------
@@ -469,27 +241,8 @@ def _one_layer_vector(v: torch.Tensor, layer: int, loaded: LoadedModel, method: 
 # --- figures ---------------------------------------------------------------------------------
 
 
-STYLE = {
-    "student": dict(linestyle="-", marker="o", color="black", markerfacecolor="black"),
-    "control": dict(linestyle="--", marker="s", color="dimgray", markerfacecolor="white"),
-}
-HATCH = {"student": "", "control": "//"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> str:
-    return save_png(fig, path, dpi=110)
-
-
-def _entries(results: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
+def alignment_entries(results: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
+    """The rows of ``results["alignment"]`` whose fields equal `match` (vector, model, step...)."""
     return [e for e in results["alignment"] if all(e.get(k) == v for k, v in match.items())]
 
 
@@ -513,7 +266,7 @@ def _claim(results: dict[str, Any], vec: str, pos: str, layer: int) -> str:
 
 def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     """Alignment over training steps and the layer profile at the final checkpoint."""
-    plt = _plt()
+    plt = pyplot()
     vecs = list(results["vectors"])
     poss = results["config"]["positions"]
     bound = results["nulls"]["random"]["exact_bound"]
@@ -527,22 +280,18 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
             ax = axes[r][c]
             for m in MODELS:
                 pts = sorted(
-                    _entries(results, vector=vec, positions=pos, model=m, layer=layer),
+                    alignment_entries(results, vector=vec, positions=pos, model=m, layer=layer),
                     key=lambda e: e["step"],
                 )
                 if not pts:
                     continue
-                steps = [e["step"] for e in pts]
-                ax.plot(steps, [e["cosine"] for e in pts], label=m, **STYLE[m])
-                ax.fill_between(
-                    steps,
+                ci_curve(
+                    ax,
+                    [e["step"] for e in pts],
+                    [e["cosine"] for e in pts],
                     [e["ci_low"] for e in pts],
                     [e["ci_high"] for e in pts],
-                    facecolor="lightgray" if m == "student" else "none",
-                    edgecolor="gray",
-                    hatch=HATCH[m],
-                    alpha=0.5,
-                    linewidth=0,
+                    m,
                 )
             for s in (1, -1):
                 ax.axhline(
@@ -557,7 +306,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
             ax.set_title(f"{vec}, {pos} tokens: {_claim(results, vec, pos, layer)}", fontsize=8)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    figs.append(_save(fig, out / "alignment_over_training.png"))
+    figs.append(save_png(fig, out / "alignment_over_training.png", dpi=110))
 
     fig, axes = plt.subplots(
         len(vecs), len(poss), figsize=(5 * len(poss), 3.4 * len(vecs)), squeeze=False
@@ -568,7 +317,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
             for k, m in enumerate(MODELS):
                 step = results["final_steps"].get(m)
                 pts = sorted(
-                    _entries(results, vector=vec, positions=pos, model=m, step=step),
+                    alignment_entries(results, vector=vec, positions=pos, model=m, step=step),
                     key=lambda e: e["layer"],
                 )
                 if not pts:
@@ -594,7 +343,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
             )
             ax.legend(fontsize=7)
     fig.tight_layout()
-    figs.append(_save(fig, out / "alignment_layer_profile.png"))
+    figs.append(save_png(fig, out / "alignment_layer_profile.png", dpi=110))
 
     iv = results.get("interventions") or {}
     if iv:
@@ -606,7 +355,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
 
 
 def _intervention_figure(iv: dict[str, Any], out: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(iv), figsize=(6 * len(iv), 3.6), squeeze=False)
     hatches = ["", "//", "\\\\", "xx", "..", "oo", "--", "++", "**"]
     for ax, (vec, d) in zip(axes[0], iv.items(), strict=True):
@@ -630,11 +379,11 @@ def _intervention_figure(iv: dict[str, Any], out: Path) -> str:
             fontsize=8,
         )
     fig.tight_layout()
-    return _save(fig, out / "interventions.png")
+    return save_png(fig, out / "interventions.png", dpi=110)
 
 
 def _gradient_figure(ga: dict[str, Any], out: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 2.2 * len(ga)), 3.4))
     width = 0.35
     for k, (name, hatch) in enumerate((("teacher", ""), ("control", "//"))):
@@ -662,20 +411,10 @@ def _gradient_figure(ga: dict[str, Any], out: Path) -> str:
     ax.set_title("Does training on the teacher's data push along v_teacher?", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out / "gradient_alignment.png")
+    return save_png(fig, out / "gradient_alignment.png", dpi=110)
 
 
 # --- report section --------------------------------------------------------------------------
-
-
-def _f(x: Any, nd: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{nd}f}"
-
-
-def _ci(d: dict[str, Any], key: str, nd: int = 3) -> str:
-    return f"{_f(d.get(key), nd)} [{_f(d.get('ci_low'), nd)}, {_f(d.get('ci_high'), nd)}]"
 
 
 def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -687,12 +426,14 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         for pos in results["config"]["positions"]:
             for m in MODELS:
                 step = results["final_steps"].get(m)
-                e = _entries(results, vector=vec, positions=pos, model=m, step=step, layer=layer)
+                e = alignment_entries(
+                    results, vector=vec, positions=pos, model=m, step=step, layer=layer
+                )
                 if e:
                     rows.append(
                         (
                             f"cos(v_{m}, {vec}) L{layer}, {pos} tokens, step {step}",
-                            _ci(e[0], "cosine"),
+                            ci_of(e[0], "cosine"),
                             f"alignment of the {m}'s drift; abs(cos) above {bound:.3f} is unlikely "
                             "for a random direction",
                         )
@@ -702,7 +443,7 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     rows.append(
                         (
                             f"cos student − cos control ({vec}, L{layer}, {pos})",
-                            _ci(d, "diff"),
+                            ci_of(d, "diff"),
                             "> 0 with CI above 0: the student turns towards v_teacher beyond what "
                             "number training alone does",
                         )
@@ -712,7 +453,7 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     rows.append(
                         (
                             f"z vs unrelated trait vectors ({vec}, L{layer}, {pos})",
-                            f"{_f(u['z'], 2)} (p={_f(u['p_value'], 3)}, n={u['n_null']})",
+                            f"{fmt_num(u['z'], 2)} (p={fmt_num(u['p_value'], 3)}, n={u['n_null']})",
                             "large z: the drift follows this trait's vector more than other "
                             "traits' vectors (a generic 'system prompt' direction is not enough)",
                         )
@@ -731,14 +472,13 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         for key, meaning in meanings.items():
             if key in d["shares"]:
                 rows.append(
-                    (f"{key} ({vec}, L{d['layer']})", _ci(d["shares"][key], "share"), meaning)
+                    (f"{key} ({vec}, L{d['layer']})", ci_of(d["shares"][key], "share"), meaning)
                 )
     for vec, g in (results.get("gradients") or {}).items():
         rows.append(
             (
                 f"cos(-(ḡ_teacher − ḡ_control), {vec}) L{g['layer']}",
-                f"{_f(g['difference_cosine'])} [{_f(g['difference_ci_low'])}, "
-                f"{_f(g['difference_ci_high'])}]",
+                ci_text(g["difference_cosine"], g["difference_ci_low"], g["difference_ci_high"]),
                 "> 0: the teacher's data pushes the residual along v_teacher more than the "
                 "control's data",
             )
@@ -759,8 +499,7 @@ def render_section(results: dict[str, Any], figure_prefix: str = "", level: int 
         f"over prompts ({cfg['n_boot']} resamples). Random-direction bound for d_model "
         f"{rnd['d_model']}: |cos| < {rnd['exact_bound']:.3f} (95%).",
         "",
-        "| quantity | value [95% CI] | what it would mean |",
-        "|---|---|---|",
+        *HEADLINE_HEADER,
     ]
     lines += section_tail(
         results,
@@ -770,17 +509,6 @@ def render_section(results: dict[str, Any], figure_prefix: str = "", level: int 
         "hatched CI); dotted lines: the 95% bound of a random direction's cosine.",
     )
     return "\n".join(lines) + "\n"
-
-
-def section_tail(
-    results: dict[str, Any], rows: list[tuple[str, str, str]], figure_prefix: str, legend: str
-) -> list[str]:
-    """Headline table rows, what was skipped, the figures and how to read them (align, probe)."""
-    lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    if results.get("missing"):
-        lines += ["", "Missing or skipped:", ""] + [f"- {m}" for m in results["missing"]]
-    lines += ["", *[f"![{f}]({figure_prefix}{f})" for f in results.get("figures", [])], ""]
-    return [*lines, legend]
 
 
 # --- the analysis ----------------------------------------------------------------------------
@@ -830,7 +558,7 @@ def run_align(
         raise SublensError(f"unknown positions {bad or positions}: use last and/or all")
     if n_boot < 1 or grad_rows < 1:
         raise SublensError("--n-boot and --grad-rows must be positive")
-    out = rundir.claim(output_path or info.path / "align", "align")
+    out = output_dir(output_path or info.path / "align", "align")
     loaded = load_model(info.model, device=device)
     layer_list = parse_layers(layers, loaded.n_layers)
     vecs = load_vectors(vectors, loaded)
@@ -858,15 +586,7 @@ def run_align(
     for m in MODELS:
         for step, ck in info.checkpoints[m]:
             label = f"{m}/step_{step:06d}"
-            holder: dict[str, LoadedModel] = {}
-
-            def model_for(ck: Path = ck, holder: dict = holder) -> LoadedModel:
-                from interp.distill.train import load_student
-
-                if "m" not in holder:
-                    holder["m"] = load_student(loaded, ck)
-                return holder["m"]
-
+            model_for = CheckpointModel(loaded, ck)
             for p in positions:
                 acts = store.get(label, CACHE_MODES[p], model=model_for)
                 pd = drift_of(base[p], acts, p, counts)
@@ -886,7 +606,7 @@ def run_align(
                     },
                 )
                 sv.save(out / "drift" / m / f"step_{step:06d}" / p)
-            holder.clear()
+            model_for.release()
     timings["drift_s"] = round(time.perf_counter() - t0, 2)
 
     # 2. alignment with CIs, student − control, nulls
@@ -929,7 +649,7 @@ def run_align(
                         and e["layer"] == layer
                     )
                     rep = boots[(vname, p, "student", layer)] - boots[(vname, p, "control", layer)]
-                    lo, hi = _pct(rep)
+                    lo, hi = percentile_interval(rep, LEVEL)
                     diffs_out.append(
                         {
                             "vector": vname,
@@ -1050,8 +770,7 @@ def run_align(
         "unrelated_null": unrelated_out,
         "interventions": interventions_out,
         "gradients": gradients_out,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        **provenance(),
     }
     results["figures"] = write_figures(results, out)
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
@@ -1060,14 +779,6 @@ def run_align(
     write_text(out / "report.md", render_section(results, level=1))
     register(info.path, "align", out)
     return results
-
-
-def register(run: Path, analysis: str, out: Path) -> None:
-    """Note where an analysis wrote, in RUN/analyses.json, so `sublens report` finds it."""
-    path = run / "analyses.json"
-    index = read_json(path) if path.is_file() else {}
-    index[analysis] = str(Path(out).resolve())
-    write_json(path, index)
 
 
 def _interventions(
@@ -1081,9 +792,8 @@ def _interventions(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """Sufficiency and necessity of v_student and v_teacher for the trait score."""
-    from interp.distill.run import config_from_dict, make_teacher
+    from interp.distill.run import config_from_dict, difference, make_teacher
     from interp.distill.teachers import Teacher
-    from interp.distill.train import load_student
     from interp.measure.traits import get_trait
 
     step = final["student"]
@@ -1096,12 +806,7 @@ def _interventions(
     # base, student, teacher: from RUN/eval/scores.json when present, else computed
     saved_path = info.path / "eval" / "scores.json"
     saved = read_json(saved_path) if saved_path.is_file() else {}
-    holder: dict[str, LoadedModel] = {}
-
-    def student() -> LoadedModel:
-        if "s" not in holder:
-            holder["s"] = load_student(loaded, ck)
-        return holder["s"]
+    student = CheckpointModel(loaded, ck)
 
     def teacher_scores() -> dict[str, Any]:
         cfg = config_from_dict(info.config, str(info.path / "config.json"))
@@ -1206,27 +911,20 @@ def _interventions(
         def pq(name: str, scores: dict[str, Any] = scores) -> list[float]:
             return scores[name]["trait"]["per_question"]
 
+        def share(x: str, ref: str) -> dict[str, float]:
+            return _share(pq(x), pq("base"), pq(ref), n_boot, seed)
+
         shares = {
-            "student_gain": _diff(pq("student"), pq("base"), n_boot, seed),
-            "teacher_gain": _diff(pq("teacher"), pq("base"), n_boot, seed),
-            "sufficiency_student": _ratio(
-                pq("base + v_student"), pq("base"), pq("student"), n_boot, seed
-            ),
-            "necessity_student": _ratio(
-                pq("student − shift along v_teacher"), pq("base"), pq("student"), n_boot, seed
-            ),
-            "sufficiency_teacher": _ratio(
-                pq("base + v_teacher"), pq("base"), pq("teacher"), n_boot, seed
-            ),
+            "student_gain": difference(pq("student"), pq("base"), n_boot=n_boot, seed=seed),
+            "teacher_gain": difference(pq("teacher"), pq("base"), n_boot=n_boot, seed=seed),
+            "sufficiency_student": share("base + v_student", "student"),
+            "necessity_student": share("student − shift along v_teacher", "student"),
+            "sufficiency_teacher": share("base + v_teacher", "teacher"),
         }
         if "base + v_control" in scores:
-            shares["sufficiency_control"] = _ratio(
-                pq("base + v_control"), pq("base"), pq("student"), n_boot, seed
-            )
+            shares["sufficiency_control"] = share("base + v_control", "student")
         if "prompted − v_teacher" in scores:
-            shares["necessity_teacher"] = _ratio(
-                pq("prompted − v_teacher"), pq("base"), pq("prompted"), n_boot, seed
-            )
+            shares["necessity_teacher"] = share("prompted − v_teacher", "prompted")
         gates = {
             k: all(s[c] is None or s[c]["mean"] <= 0.10 for c in ("negative", "offtopic"))
             for k, s in scores.items()
@@ -1247,16 +945,8 @@ def _interventions(
                 "every position: the student's mean component along v̂ set back to the base's",
             },
         }
-    holder.clear()
+    student.release()
     return results
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    import json
-
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def _gradients(
@@ -1274,8 +964,8 @@ def _gradients(
     """Residual gradients of the base on teacher vs control rows, against v_teacher."""
     from interp.measure.gradients import gradient_alignment, residual_gradients
 
-    teach = _rows(info.path / "data" / "teacher.jsonl")
-    ctrl = _rows(info.path / "data" / "control.jsonl")
+    teach = data_rows(info.path, "teacher")
+    ctrl = data_rows(info.path, "control")
     if not teach or not ctrl:
         missing.append("gradient alignment: RUN/data/teacher.jsonl or control.jsonl is missing")
         return {}

@@ -29,20 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from analyses.figures import save_png
-from interp.core import rundir
+from analyses.figures import ci_text, fmt_num, pyplot, save_png
+from analyses.reporting import default_output, output_dir, provenance
 from interp.core.errors import SublensError
 from interp.core.generation import sample_responses
 from interp.core.io import (
     config_hash,
-    git_commit,
-    package_versions,
     read_json,
     write_json,
     write_text,
 )
 from interp.core.layers import parse_layers
 from interp.core.models import LoadedModel, load_model
+from interp.core.parse import parse_floats
 from interp.core.prompts import PromptSet, load_prompts
 from interp.measure.stats import paired_bootstrap
 from interp.measure.trait_sets import GENERAL_QUESTIONS
@@ -99,8 +98,7 @@ class ApproxConfig:
         for name in ("n_fit", "n_heldout", "n_general", "response_tokens", "kl_steps"):
             if getattr(self, name) <= 0:
                 raise SublensError(f"{name.replace('_', '-')} must be positive")
-        if not self.alphas or any(not math.isfinite(a) for a in self.alphas):
-            raise SublensError("--alphas must be a list of finite numbers, e.g. 0,1,2,4")
+        parse_floats(self.alphas, "alphas")  # finite and not empty (kept as given: hashed)
         if self.n_questions is not None and self.n_questions <= 0:
             raise SublensError(f"--limit must be positive, got {self.n_questions}")
 
@@ -355,16 +353,19 @@ def _verdict(entries: list[dict[str, Any]]) -> str:
 
 
 def run_approximability(
-    cfg: ApproxConfig, output_path: str | Path, overwrite: bool = False, quiet: bool = False
+    cfg: ApproxConfig,
+    output_path: str | Path | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the analysis; writes results.json, figures and report.md."""
     cfg.check()
     traits = load_trait_prompts(cfg.trait_prompts)
-    out = Path(output_path)
+    out = Path(output_path or default_output("approximability", Path(cfg.model).name))
     resolved = {**asdict(cfg), "traits": [t.to_dict() for t in traits]}
     digest = config_hash(resolved)
     cfg_file = out / "config.json"
-    rundir.open_run(out, "approximability", digest, overwrite)
+    output_dir(out, "approximability", key=digest, overwrite=overwrite)
     write_json(cfg_file, {"hash": digest, "config": resolved})
     t0 = time.perf_counter()
     loaded = load_model(cfg.model, device=cfg.device)
@@ -405,8 +406,7 @@ def run_approximability(
         "layers": layers,
         "ranking": ranking,
         "traits": results,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        **provenance(),
         "timings": {"total_s": round(time.perf_counter() - t0, 1)},
     }
     figures = write_figures(summary, out)
@@ -428,11 +428,7 @@ def _best_entry(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_figures(summary: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     traits = summary["ranking"]
     layers = summary["layers"]
     methods = [m.strip() for m in summary["config"]["methods"].split(",") if m.strip()]
@@ -531,10 +527,6 @@ def write_figures(summary: dict[str, Any], out: Path) -> list[str]:
     return names
 
 
-def _fmt(x: float | None, nd: int = 2) -> str:
-    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
-
-
 def render_report(summary: dict[str, Any], figures: list[str]) -> str:
     cfg = summary["config"]
     res = summary["traits"]
@@ -565,16 +557,18 @@ def render_report(summary: dict[str, Any], figures: list[str]) -> str:
             key=lambda p: p["gain"],
             default=None,
         )
-        ci = f"[{_fmt(peak['gain_ci'][0], 4)}, {_fmt(peak['gain_ci'][1], 4)}]" if peak else ""
+        gain = ci_text(peak["gain"], peak["gain_ci"][0], peak["gain_ci"][1], 4) if peak else "– "
         lines.append(
             f"| {rank} | {name} | {r['trait']['category']} | "
-            f"{_fmt(r['kl_unsteered']['numbers'], 3)} / "
-            f"{_fmt(r['kl_unsteered']['general'], 3)} | {b['method']} L{b['layer']} "
-            f"(alpha {b['best_alpha']:g}) | {_fmt(b['numbers']['approximability_best_alpha'])} | "
-            f"{_fmt(b['general']['approximability_best_alpha'])} | "
-            f"{_fmt(r['base']['trait']['mean'], 4)} | {_fmt(r['prompted']['trait']['mean'], 4)} | "
-            f"{_fmt(peak['score'], 4) if peak else '–'} ({peak['alpha'] if peak else '–'}) | "
-            f"{_fmt(peak['gain'], 4) if peak else '–'} {ci} | {r['verdict']} |"
+            f"{fmt_num(r['kl_unsteered']['numbers'], 3)} / "
+            f"{fmt_num(r['kl_unsteered']['general'], 3)} | {b['method']} L{b['layer']} "
+            f"(alpha {b['best_alpha']:g}) | "
+            f"{fmt_num(b['numbers']['approximability_best_alpha'], 2)} | "
+            f"{fmt_num(b['general']['approximability_best_alpha'], 2)} | "
+            f"{fmt_num(r['base']['trait']['mean'], 4)} | "
+            f"{fmt_num(r['prompted']['trait']['mean'], 4)} | "
+            f"{fmt_num(peak['score'], 4) if peak else '–'} ({peak['alpha'] if peak else '–'}) | "
+            f"{gain} | {r['verdict']} |"
         )
     not_cap = [n for n in summary["ranking"] if res[n]["verdict"] != "captured"]
     lines += [
@@ -601,11 +595,11 @@ def render_report(summary: dict[str, Any], figures: list[str]) -> str:
             p = e["clean_peak"]
             lines.append(
                 f"| {name} | {e['method']} | {e['layer']} | {e['norm']:.2f} | "
-                f"{_fmt(e['numbers']['approximability'])} / "
-                f"{_fmt(e['numbers']['approximability_best_alpha'])} | "
-                f"{_fmt(e['general']['approximability'])} / "
-                f"{_fmt(e['general']['approximability_best_alpha'])} | {e['best_alpha']:g} | "
-                f"{_fmt(p['score'], 4)} (alpha {p['alpha']}) |"
+                f"{fmt_num(e['numbers']['approximability'], 2)} / "
+                f"{fmt_num(e['numbers']['approximability_best_alpha'], 2)} | "
+                f"{fmt_num(e['general']['approximability'], 2)} / "
+                f"{fmt_num(e['general']['approximability_best_alpha'], 2)} | {e['best_alpha']:g} | "
+                f"{fmt_num(p['score'], 4)} (alpha {p['alpha']}) |"
             )
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
@@ -621,3 +615,13 @@ def render_report(summary: dict[str, Any], figures: list[str]) -> str:
         f"Total time {summary['timings']['total_s']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What `sublens approximability` prints: the traits in rank order, verdict, best vector."""
+    lines = []
+    for rank, name in enumerate(summary["ranking"], 1):
+        r = summary["traits"][name]
+        best = r["best"]
+        lines.append(f"{rank}. {name}: {r['verdict']} (best {best['method']} L{best['layer']})")
+    return lines

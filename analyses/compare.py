@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from analyses.figures import save_png
-from interp.core import rundir
+from analyses.figures import ci_text, fmt_num, pyplot, save_png
+from analyses.reporting import output_dir, provenance
 from interp.core.errors import SublensError
-from interp.core.io import git_commit, package_versions, read_json, write_json, write_text
+from interp.core.io import read_json, write_json, write_text
 
 from .studies import fmt, fmt_ci
 
@@ -116,21 +116,18 @@ def _row(res: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def run_compare(
-    runs: list[str | Path], output_path: str | Path = "artifacts/studies/compare"
-) -> dict[str, Any]:
+def run_compare(runs: list[str | Path], output_path: str | Path | None = None) -> dict[str, Any]:
     """Combine finished studies into OUT/results.json, OUT/report.md and (for transfer-ratio
     sweeps) OUT/compare_transfer_ratio.png."""
     if len(runs) < 1:
         raise SublensError("give at least one study directory to compare")
     rows = [_row(_load(r)) for r in runs]
-    out = rundir.claim(output_path, "study-compare")
+    out = output_dir(output_path, "compare", kind="study-compare")
     results: dict[str, Any] = {
         "analysis": "compare",
         "config": {"runs": [str(r) for r in runs]},
         "rows": rows,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        **provenance(),
     }
     results["figures"] = _figure(runs, rows, out)
     write_text(out / "report.md", render_report(results))
@@ -142,11 +139,7 @@ def _figure(runs: list[str | Path], rows: list[dict[str, Any]], out: Path) -> li
     sweeps = [r for r in rows if r["analysis"] == "transfer-ratio"]
     if not sweeps:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     markers, styles = "osD^v", ["-", "--", ":", "-."]
     for i, r in enumerate(sweeps):
@@ -200,10 +193,10 @@ def render_report(results: dict[str, Any]) -> str:
         ]
         for r in sweeps:
             m = r["maximum"]
-            mx = f"{fmt(m['value'])} [{fmt(m['ci_low'])}, {fmt(m['ci_high'])}]" if m else "–"
+            mx = ci_text(m["value"], m["ci_low"], m["ci_high"], 3, "g") if m else "–"
             mid_ci = r["midpoint_ci"] or [None, None]
             mid = (
-                f"{fmt(r['midpoint'])} [{fmt(mid_ci[0])}, {fmt(mid_ci[1])}]"
+                ci_text(r["midpoint"], mid_ci[0], mid_ci[1], 3, "g")
                 if r["verdict"] == "sharp threshold"
                 else "–"
             )
@@ -282,15 +275,11 @@ def _defend_section(runs: list[dict[str, Any]]) -> list[str]:
             else:
                 red = "—" if n == "none" else fmt_ci(d["reduction"])
                 tc, pc = d["task_cost"], d["ppl_cost"]
-                cost = "—" if n == "none" else f"{_pct(tc)}, {_pct(pc)}"
+                cost = "—" if n == "none" else f"{fmt_num(tc, 1, '+%')}, {fmt_num(pc, 1, '+%')}"
                 cells.append(f"{fmt_ci(d['transfer_ratio'])} / {red} / {cost}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", *[f"- {r['model']}: {r['recommendation']}" for r in runs], ""]
     return lines
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x:+.1%}"
 
 
 def _as_value(d: dict[str, Any] | None, key: str) -> dict[str, Any] | None:

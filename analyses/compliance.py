@@ -42,8 +42,6 @@ import numpy as np
 from interp.core.errors import SublensError
 from interp.core.io import (
     config_hash,
-    git_commit,
-    package_versions,
     read_json,
     read_json_dict,
     sha256_file,
@@ -58,6 +56,8 @@ from interp.measure.refusal import (
     load_prompts,
 )
 
+from .reporting import provenance
+from .runs import final_checkpoint, run_config
 from .studies import excludes_zero, fmt_ci, resample_counts, summarise_point
 
 ROLES = ("base", "teacher", "student", "control")
@@ -162,10 +162,8 @@ _SEED_DIR = re.compile(r"^seed_(-?\d+)$")
 
 
 def _read_run(path: Path, point: str, seed: int) -> _Run:
-    cfg_file = path / "config.json"
-    data = read_json(cfg_file) if cfg_file.is_file() else {}
-    config = data.get("config") if isinstance(data, dict) else None
-    if not isinstance(config, dict) or "model" not in config or "trait" not in config:
+    config = run_config(path)
+    if config is None:
         raise SublensError(
             f"{path} is not a distillation run (no resolved config.json): give a run directory "
             "from `sublens distill run` or a study directory (with points/)"
@@ -204,25 +202,6 @@ def point_alpha(label: str) -> float | None:
         except ValueError:
             return None
     return None
-
-
-def _final_checkpoint(run: _Run, name: str) -> tuple[int, Path]:
-    from interp.distill.train import list_checkpoints
-
-    cks = list_checkpoints(run.path / name)
-    if not cks:
-        raise SublensError(
-            f"{run.path / name} has no checkpoints: finish the run with `sublens distill run` "
-            "(it resumes)"
-        )
-    res = run.path / "results.json"
-    want = None
-    if res.is_file():
-        want = read_json_dict(res).get("headline", {}).get("final_steps", {}).get(name)
-    by_step = dict(cks)
-    if want is not None and int(want) in by_step:
-        return int(want), by_step[int(want)]
-    return cks[-1]
 
 
 def _weights_sha(ck: Path) -> str:
@@ -381,7 +360,7 @@ def _roles_of(run: _Run, ev: _Evaluator, trait_ref: Any) -> list[_Role]:
         ),
     ]
     for name in ("student", "control"):
-        step, ck = _final_checkpoint(run, name)
+        step, ck = final_checkpoint(run.path, name)
         roles.append(
             _Role(
                 name,
@@ -573,8 +552,7 @@ def run_compliance(
             for r, keys in per_run
         },
         "examples": _examples(entries, per_run[0][1], prompts),
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        **provenance(),
         "timings": {
             **timings,
             "roles_computed": computed,
@@ -773,3 +751,18 @@ def render_report(results: dict[str, Any]) -> str:
         f"{results['timings']['roles_reused']}, total {results['timings']['total_s']} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """What `sublens eval compliance` prints: per point and scorer, each role's compliance and
+    the transfer ratio (flagged when the teacher's gain is unresolved)."""
+    lines = []
+    for p in results["points"]:
+        for s in results["scorers"]:
+            sc, r = p["scores"][s], p["ratios"][s]["transfer_ratio"]["value"]
+            vals = "  ".join(f"{role} {sc[role]['value']:.4g}" for role in sc)
+            ratio = "undefined" if r is None else f"{r:.3f}"
+            if r is not None and not excludes_zero(p["ratios"][s]["teacher_gain"]):
+                ratio += " (teacher − base unresolved)"
+            lines.append(f"{p['point']} {s}: {vals}  ratio {ratio}")
+    return lines

@@ -30,18 +30,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analyses.figures import save_png
-from interp.core import rundir
+from analyses.figures import fmt_num, pyplot, save_png
+from analyses.reporting import figure_links, output_dir, provenance, timings_line
 from interp.core.errors import SublensError
 from interp.core.io import (
     config_hash,
-    git_commit,
-    package_versions,
     read_json,
     read_json_dict,
     sha256_file,
@@ -49,9 +48,11 @@ from interp.core.io import (
     write_json,
     write_text,
 )
+from interp.core.parse import parse_names
 from interp.detect.defenses import DEFENSES
+from interp.distill.config import Overrides, RunConfig
 
-from .optimizer_ablation import DEFAULT_LRS, _within
+from .optimizer_ablation import DEFAULT_LRS, within
 from .studies import (
     base_config,
     final_loss,
@@ -91,16 +92,6 @@ def parse_defenses(spec: str | list[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise SublensError(f"defenses repeat: {', '.join(names)}")
     return ["none"] + [n for n in names if n != "none"]
-
-
-def _vector_list(vectors: str | Path | list[str | Path] | None) -> list[str]:
-    if vectors is None:
-        return []
-    items = [vectors] if isinstance(vectors, (str, Path)) else list(vectors)
-    out: list[str] = []
-    for v in items:
-        out += [s.strip() for s in str(v).split(",") if s.strip()]
-    return out
 
 
 def defense_overrides(
@@ -185,7 +176,7 @@ def scan_rows(
 
 
 def heldout_rows(
-    loaded: Any, cfg: dict[str, Any], n: int, out_dir: Path, quiet: bool, overwrite: bool = False
+    loaded: Any, cfg: RunConfig, n: int, out_dir: Path, quiet: bool, overwrite: bool = False
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Clean benign rows the base writes for prompts no run trains on (format-filtered)."""
     from interp.distill.domains import get_domain
@@ -194,8 +185,8 @@ def heldout_rows(
     from interp.distill.targets import read_rows
     from interp.distill.teachers import Teacher
 
-    d = cfg["data"]
-    domain = get_domain(d["domain"])
+    d = cfg.data
+    domain = get_domain(d.domain)
     raw, clean = out_dir / "benign.raw.jsonl", out_dir / "benign.jsonl"
     generate_dataset(
         Teacher(loaded, kind="base"),
@@ -203,10 +194,10 @@ def heldout_rows(
         n,
         raw,
         seed=HELDOUT_SEED,
-        batch_size=d["batch_size"],
-        max_new_tokens=d["max_new_tokens"],
-        temperature=d["temperature"],
-        constrained=d["constrained"],
+        batch_size=d.batch_size,
+        max_new_tokens=d.max_new_tokens,
+        temperature=d.temperature,
+        constrained=d.constrained,
         quiet=quiet,
         overwrite=overwrite,
     )
@@ -276,11 +267,10 @@ def _cost_reps(
 
 
 def run_defend(
-    defenses: str | list[str] = "none,project-out,sgd,paraphrase,mask-divergent,drop-flagged,"
-    "different-init",
-    output_path: str | Path = "artifacts/defend",
+    defenses: str | list[str] | None = None,
+    output_path: str | Path | None = None,
     config_path: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: Overrides | Mapping[str, Any] | None = None,
     preset: str = "quick",
     seeds: int | list[int] = 1,
     vectors: str | Path | list[str | Path] | None = None,
@@ -298,13 +288,18 @@ def run_defend(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) one distillation per defense and seed; write results.json, table.md,
-    report.md and defend.png into `output_path`. Returns the results."""
+    report.md and defend.png into `output_path` (default: `analyses.reporting.default_output`).
+    `defenses` None: every defense, project-out only when `vectors` are given. Returns the
+    results."""
     from interp.core.models import load_model
     from interp.detect.costs import heldout_text
     from interp.distill.train import init_model, load_student
 
+    vecs = parse_names(vectors)
+    every = defenses is None
+    if every:
+        defenses = [n for n in DEFENSE_NAMES if vecs or n != "project-out"]
     names = parse_defenses(defenses)
-    vecs = _vector_list(vectors)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise SublensError("give at least one seed (--seeds 1 or more)")
@@ -323,11 +318,13 @@ def run_defend(
     if max_task_cost < 0 or max_ppl_cost < 0:
         raise SublensError("cost thresholds must be 0 or more")
     text = heldout_text(heldout_text_path)
-    out = rundir.claim(output_path, "defend")
-    say = say_fn(quiet, "defend")
-    clock = timer()
     base = base_config(config_path, overrides, preset)
-    loaded = load_model(base["model"], device=base["device"])
+    out = output_dir(output_path, "defend", Path(base.model).name)
+    say = say_fn(quiet, "defend")
+    if every and not vecs:
+        say("project-out left out: it needs trait vectors (--vectors DIR)")
+    clock = timer()
+    loaded = load_model(base.model, device=base.device)
     if vecs:  # wrong d_model / layers fail here, before any run starts
         from interp.detect.defenses import load_project_vectors
 
@@ -353,7 +350,7 @@ def run_defend(
         "text_sha256": sha256_text(text),
         "window": text_window,
     }
-    bs = int(base["eval"]["batch_size"])
+    bs = int(base.eval.batch_size)
     base_cost, _ = model_costs(
         loaded,
         held,
@@ -380,11 +377,11 @@ def run_defend(
                 flags = scan_rows(
                     first / "data" / "teacher.jsonl",
                     first / "data" / "control.jsonl",
-                    base["model"],
+                    base.model,
                     out / "scan" / f"seed_{seed}",
                     vecs,
                     seed,
-                    base["device"],
+                    base.device,
                     scan_permutations,
                     quiet,
                     overwrite,
@@ -435,12 +432,11 @@ def run_defend(
         "max_task_cost": max_task_cost,
         "max_ppl_cost": max_ppl_cost,
         "n_boot": n_boot,
-        "run_config": base,
+        "run_config": base.to_dict(),
     }
     results["run"] = str(out)
     results["reused"] = reused
-    results["versions"] = package_versions()
-    results["git_commit"] = git_commit()
+    results.update(provenance())
     timings["total_s"] = clock()
     results["timings"] = timings
     results["figures"] = write_figure(results, out)
@@ -567,7 +563,7 @@ def summarise_defenses(
         r = table[n]
         same = notes[n][0]["objective"] == notes["none"][0]["objective"]
         r["loss_matched"] = (
-            bool(_within(r["final_loss"]["mean"], ref, LOSS_TOLERANCE)) if same else None
+            bool(within(r["final_loss"]["mean"], ref, LOSS_TOLERANCE)) if same else None
         )
         if n != "none" and same and not r["loss_matched"]:
             r["note"] += f"; final loss not within {LOSS_TOLERANCE:.0%} of none's ({fmt(ref, 4)})"
@@ -699,10 +695,7 @@ HATCHES = ("", "//", "..", "xx", "\\\\", "--", "++", "oo")
 
 def write_figure(results: dict[str, Any], out: Path) -> list[str]:
     """Bars of the transfer ratio (95% CI) per defense and of the two costs; title: the claim."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     table = results["defenses"]
     names = [n for n in results["order"] if table[n].get("available")]
@@ -760,10 +753,6 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)[:3])
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:+.1%}"
-
-
 def render_table(results: dict[str, Any]) -> str:
     """The one table: defense × model × trait with ratio, reduction, costs and final loss."""
     lines = [
@@ -780,7 +769,9 @@ def render_table(results: dict[str, Any]) -> str:
             continue
         red = "—" if n == "none" else fmt_ci(r["reduction"])
         task = (
-            "—" if n == "none" else f"{fmt_ci(r['task_nll_minus_none'])} ({_pct(r['task_cost'])})"
+            "—"
+            if n == "none"
+            else f"{fmt_ci(r['task_nll_minus_none'])} ({fmt_num(r['task_cost'], 1, '+%')})"
         )
         fl = r["final_loss"]
         lines.append(
@@ -850,9 +841,9 @@ def render_report(results: dict[str, Any], prefix: str = "") -> str:
         "",
         "## Figures",
         "",
-        *[f"![{f}]({prefix}{f})" for f in results.get("figures", [])],
+        *figure_links(results, prefix),
         "",
-        f"Timings: {json.dumps(results.get('timings', {}))}",
+        timings_line(results),
     ]
     return "\n".join(lines) + "\n"
 
@@ -869,3 +860,20 @@ def find_defend(run: str | Path) -> Path | None:
             except (json.JSONDecodeError, OSError):
                 continue
     return None
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """What `sublens defend` prints: per defense its ratio, reduction and costs; the advice."""
+    lines = []
+    for name in results["order"]:
+        r = results["defenses"][name]
+        if not r.get("available"):
+            lines.append(f"{name}: {r['note']}")
+            continue
+        lines.append(
+            f"{name}: ratio {fmt_ci(r['transfer_ratio'])}  reduction "
+            f"{'-' if name == 'none' else fmt_ci(r['reduction'])}  task-loss Δ "
+            f"{fmt_ci(r['task_nll_minus_none'])}  perplexity Δ vs base "
+            f"{fmt_ci(r['perplexity_minus_base'])}"
+        )
+    return [*lines, results["recommendation"]]

@@ -23,7 +23,7 @@ from typing import Any
 
 from analyses.approximability import ApproxConfig, run_approximability
 from analyses.distill import write_report as write_distill_report
-from interp.core import rundir
+from analyses.reporting import output_dir
 from interp.core.io import write_json
 from interp.core.models import load_model
 from interp.core.prompts import load_prompts
@@ -57,7 +57,7 @@ def demo_config(model: str, out: Path, seed: int, device: str) -> RunConfig:
 
 def run_demo(
     model: str = "smollm2-135m",
-    output_path: str | Path = "artifacts/demo/smollm2-135m",
+    output_path: str | Path | None = None,
     seed: int = 0,
     device: str = "auto",
     overwrite: bool = False,
@@ -68,7 +68,7 @@ def run_demo(
     from analyses.report import build_report
 
     t0 = time.perf_counter()
-    out = rundir.claim(output_path, "demo")
+    out = output_dir(output_path, "demo", Path(model).name)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     timings: dict[str, float] = {}
     loaded = load_model(model, device=device)

@@ -3,46 +3,23 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from analyses.figures import save_png
+from analyses.figures import ci_of, pyplot, save_png
+from analyses.reporting import timings_line
 from interp.core.io import write_text
 from interp.distill.run import RunConfig, run_distillation
 
 
-def _fmt(x: float | None, nd: int = 4) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
-
-
-def ci_text(value: float | None, low: float | None, high: float | None, nd: int = 4) -> str:
-    """`value [low, high]`, fixed-point unless every nonzero number would print as zero with
-    `nd` decimals (owl probabilities of 3e-5 would read 0.0000): then 2 significant digits."""
-    xs = [abs(x) for x in (value, low, high) if x is not None and math.isfinite(x) and x != 0]
-    if xs and max(xs) < 0.5 * 10 ** -(nd - 1):
-
-        def f(x: float | None) -> str:
-            return "–" if x is None or not math.isfinite(x) else f"{x:.1e}"
-
-        return f"{f(value)} [{f(low)}, {f(high)}]"
-    return f"{_fmt(value, nd)} [{_fmt(low, nd)}, {_fmt(high, nd)}]"
-
-
-def _ci(d: dict[str, Any], key: str, nd: int = 4) -> str:
-    return ci_text(d[key], d["ci_low"], d["ci_high"], nd)
-
-
-def _score(s: dict[str, Any]) -> str:
-    return ci_text(s["mean"], s["ci_low"], s["ci_high"])
+def _ci(d: dict[str, Any], key: str = "mean", nd: int = 4) -> str:
+    # fixed-point, or 2 significant digits when every number would print as zero (owl
+    # probabilities of 3e-5), so a tiny trait score never reads 0.0000
+    return ci_of(d, key, nd, "auto")
 
 
 def write_figures(results: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     h = results["headline"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, style, marker in (("student", "-", "o"), ("control", "--", "s")):
@@ -133,15 +110,13 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
         "",
         "| quantity | value [95% CI] | what it means |",
         "|---|---|---|",
-        f"| tau(base) | {_score(h['tau_base'])} | the untrained model |",
-        f"| tau(teacher) | {_score(h['tau_teacher'])} | the trait the teacher carries |",
+        f"| tau(base) | {_ci(h['tau_base'])} | the untrained model |",
+        f"| tau(teacher) | {_ci(h['tau_teacher'])} | the trait the teacher carries |",
     ]
     if "tau_student" in h:
-        lines.append(
-            f"| tau(student) | {_score(h['tau_student'])} | after training on teacher data |"
-        )
+        lines.append(f"| tau(student) | {_ci(h['tau_student'])} | after training on teacher data |")
     if "tau_control" in h:
-        lines.append(f"| tau(control) | {_score(h['tau_control'])} | after training on base data |")
+        lines.append(f"| tau(control) | {_ci(h['tau_control'])} | after training on base data |")
     if "transfer_ratio_student" in h:
         lines.append(
             f"| transfer ratio (student) | {_ci(h['transfer_ratio_student'], 'ratio', 3)} | "
@@ -184,7 +159,7 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
         "teacher levels. Transfer shows as the student rising above the control, not merely above "
         "the base. Right: training loss of both.",
         "",
-        f"Timings: {json.dumps(results.get('timings', {}))}",
+        timings_line(results),
     ]
     return "\n".join(lines) + "\n"
 
@@ -202,3 +177,14 @@ def write_report(results: dict[str, Any]) -> Path:
     figures = write_figures(results, out)
     write_text(out / "report.md", render_report(results, figures))
     return out / "report.md"
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """What `sublens distill run` prints: the four trait scores and the transfer ratio."""
+    h = results["headline"]
+    r = h["transfer_ratio_student"]
+    return [
+        f"tau base {h['tau_base']['mean']:.4f}  teacher {h['tau_teacher']['mean']:.4f}  "
+        f"student {h['tau_student']['mean']:.4f}  control {h['tau_control']['mean']:.4f}",
+        f"transfer ratio {r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+    ]

@@ -22,17 +22,18 @@ available; otherwise the results say why it is missing.
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analyses.figures import save_png
-from interp.core import rundir
+from analyses.figures import pyplot, save_png
+from analyses.reporting import figure_links, output_dir, provenance, timings_line
 from interp.core.errors import SublensError
-from interp.core.io import git_commit, package_versions, read_json, write_json, write_text
+from interp.core.io import read_json, write_json, write_text
+from interp.distill.config import Overrides
 from interp.distill.optimizers import OPTIMIZERS
 
 from .studies import (
@@ -98,14 +99,14 @@ def parse_lrs(spec: str | dict[str, float] | None) -> dict[str, float]:
 def run_optimizer_ablation(
     optimizers: str | list[str] = "adamw,rmsprop,signsgd,precond-sgd,sgd",
     seeds: int | list[int] = 1,
-    output_path: str | Path = "artifacts/studies/optimizers",
+    output_path: str | Path | None = None,
     config_path: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: Overrides | Mapping[str, Any] | None = None,
     preset: str = "quick",
     lrs: str | dict[str, float] | None = None,
     vector: str | Path | None = None,
     alpha: float | None = None,
-    layers: list[int] | None = None,
+    layers: str | Sequence[int] | None = None,
     loss_tolerance: float = 0.2,
     match_loss: bool = False,
     max_steps_factor: int = 4,
@@ -116,8 +117,12 @@ def run_optimizer_ablation(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) one distillation per optimizer and seed; write results.json, the figure
-    and report.md into `output_path`. With `vector` (and `alpha`) the teacher is steered;
+    and report.md into `output_path` (default: `analyses.reporting.default_output`). With
+    `vector` (and `alpha`, `layers` read against the model's layers) the teacher is steered;
     otherwise it is whatever the config says (the trait's prompt by default)."""
+    from interp.core.layers import parse_layers
+    from interp.core.models import load_model
+
     names = parse_optimizers(optimizers)
     lr_table = {**DEFAULT_LRS, **parse_lrs(lrs)}
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
@@ -127,10 +132,12 @@ def run_optimizer_ablation(
         raise SublensError(f"--loss-tolerance must be positive, got {loss_tolerance}")
     if max_steps_factor < 1:
         raise SublensError(f"--max-steps-factor must be at least 1, got {max_steps_factor}")
-    out = rundir.claim(output_path, "study-optimizers")
+    base = base_config(config_path, overrides, preset)
+    if isinstance(layers, str):
+        layers = parse_layers(layers, load_model(base.model, device=base.device).n_layers)
+    out = output_dir(output_path, "optimizers", Path(base.model).name, "study-optimizers")
     say = say_fn(quiet, "optimizers")
     clock = timer()
-    base = base_config(config_path, overrides, preset)
     teacher: dict[str, Any] = {}
     if vector is not None:
         teacher = {"teacher.kind": "steered", "teacher.vector": str(vector)}
@@ -145,7 +152,7 @@ def run_optimizer_ablation(
     attempts: dict[str, list[list[dict[str, Any]]]] = {}
     losses: dict[str, list[float | None]] = {}
     timings: dict[str, float] = {}
-    base_steps = base["train"]["max_steps"]
+    base_steps = base.train.max_steps
     for seed in seed_list:
         first: Path | None = None
         ref_loss: float | None = None
@@ -162,7 +169,7 @@ def run_optimizer_ablation(
                     "train.lr": lr_table[name],
                     "train.max_steps": steps,
                 }
-                warm = base["train"].get("precond_warmup_steps", 20)
+                warm = base.train.precond_warmup_steps
                 if name == "precond-sgd" and steps and warm >= steps:
                     # AdamW warm-up for the whole run would make it AdamW: freeze after a quarter
                     over["train.precond_warmup_steps"] = max(1, steps // 4)
@@ -180,7 +187,7 @@ def run_optimizer_ablation(
                 if name == ref_name:
                     ref_loss = loss
                     break
-                if not match_loss or _within(loss, ref_loss, loss_tolerance) or steps is None:
+                if not match_loss or within(loss, ref_loss, loss_tolerance) or steps is None:
                     break
                 if loss is not None and ref_loss is not None and loss < ref_loss:
                     break  # already fits better than the reference: more steps would not help
@@ -214,11 +221,10 @@ def run_optimizer_ablation(
         "match_loss": match_loss,
         "max_steps_factor": max_steps_factor,
         "n_boot": n_boot,
-        "run_config": base,
+        "run_config": base.to_dict(),
     }
     results["run"] = str(out)
-    results["versions"] = package_versions()
-    results["git_commit"] = git_commit()
+    results.update(provenance())
     timings["total_s"] = clock()
     results["timings"] = timings
     results["figures"] = write_figures(results, out)
@@ -228,7 +234,7 @@ def run_optimizer_ablation(
     return results
 
 
-def _within(loss: float | None, ref: float | None, tol: float) -> bool:
+def within(loss: float | None, ref: float | None, tol: float) -> bool:
     if loss is None or ref is None or not math.isfinite(loss):
         return False
     return abs(loss - ref) <= tol * max(abs(ref), 1e-12)
@@ -256,7 +262,7 @@ def summarise_optimizers(
             (r["headline"].get("transfer_ratio_vs_control") or {}).get("ratio") for r in runs[n]
         ]
         ls = losses[n]
-        matched = all(_within(a, b, loss_tolerance) for a, b in zip(ls, ref, strict=True))
+        matched = all(within(a, b, loss_tolerance) for a, b in zip(ls, ref, strict=True))
         table[n] = {
             **stats,
             "final_loss": {
@@ -320,7 +326,7 @@ def _alignment(
     if vector is None:
         return "skipped: no --vector to align with"
     try:
-        from analyses.align import _entries, run_align
+        from analyses.align import alignment_entries, run_align
     except ImportError as err:
         return f"unavailable: analyses.align could not be imported ({err})"
     for name, rs in runs.items():
@@ -346,7 +352,9 @@ def _alignment(
             vec = next(iter(a["vectors"]))
             layer = a["vectors"][vec]["headline_layer"]
             step = a["final_steps"].get("student")
-            e = _entries(a, vector=vec, positions="all", model="student", step=step, layer=layer)
+            e = alignment_entries(
+                a, vector=vec, positions="all", model="student", step=step, layer=layer
+            )
             d = [
                 x
                 for x in a.get("student_minus_control", [])
@@ -384,10 +392,7 @@ def _nan(v: float | None) -> float:
 
 
 def write_figures(results: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     table = results["optimizers"]
     names = list(table)
@@ -521,9 +526,9 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Figures",
         "",
-        *[f"![{f}]({f})" for f in results.get("figures", [])],
+        *figure_links(results),
         "",
-        f"Timings: {json.dumps(results.get('timings', {}))}",
+        timings_line(results),
     ]
     return "\n".join(lines) + "\n"
 

@@ -23,25 +23,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from analyses.align import (
-    HATCH,
+from analyses.figures import ci_curve, ci_of, fmt_num, pyplot, save_png
+from analyses.reporting import HEADLINE_HEADER, output_dir, provenance, section_tail
+from analyses.runs import (
     MODELS,
-    STYLE,
     ActStore,
-    _f,
-    _plt,
-    _save,
+    CheckpointModel,
+    RunInfo,
     heldout_prompts,
     load_run,
     load_vectors,
     missing_lines,
     register,
     require_checkpoints,
-    section_tail,
 )
-from interp.core import rundir
 from interp.core.errors import SublensError
-from interp.core.io import git_commit, package_versions, write_json, write_text
+from interp.core.io import write_json, write_text
 from interp.core.layers import parse_layers
 from interp.core.models import load_model
 from interp.measure.probes import probe_curve, save_probes, train_probe
@@ -49,7 +46,7 @@ from interp.measure.probes import probe_curve, save_probes, train_probe
 PROBE_SEED_OFFSET = 20_000  # probe-training prompts: numbers seed 20_000 + seed
 
 
-def _trait_prompt(info: Any) -> str:
+def _trait_prompt(info: RunInfo) -> str:
     from interp.measure.traits import get_trait
 
     prompt = (info.config.get("teacher") or {}).get("system_prompt") or get_trait(
@@ -89,7 +86,7 @@ def run_probe(
             f"--n-prompts {n_prompts} is too few: a probe needs both classes in its train and "
             "held-out splits (use 8 or more)"
         )
-    out = rundir.claim(output_path or info.path / "probe", "probe")
+    out = output_dir(output_path or info.path / "probe", "probe")
     loaded = load_model(info.model, device=device)
     layer_list = parse_layers(layers, loaded.n_layers)
     vecs = load_vectors(vectors, loaded) if vectors else {}
@@ -138,17 +135,9 @@ def run_probe(
             continue
         by_step = {}
         for step, ck in info.checkpoints[m]:
-            holder: dict[str, Any] = {}
-
-            def model_for(ck: Path = ck, holder: dict = holder) -> Any:
-                from interp.distill.train import load_student
-
-                if "m" not in holder:
-                    holder["m"] = load_student(loaded, ck)
-                return holder["m"]
-
+            model_for = CheckpointModel(loaded, ck)
             by_step[step] = astore.get(f"{m}/step_{step:06d}", "last", model=model_for)
-            holder.clear()
+            model_for.release()
         curve = probe_curve(probes, by_step, n_boot=n_boot, seed=seed)
         curves[m] = {str(layer): [p._asdict() for p in pts] for layer, pts in curve.items()}
     timings["apply_s"] = round(time.perf_counter() - t0, 2)
@@ -188,8 +177,7 @@ def run_probe(
         "probe_vs_vector_cosine": cosines,
         "missing": missing_lines(info)
         + ([] if info.checkpoints["control"] else ["control: no checkpoints, no control curve"]),
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        **provenance(),
     }
     results["figures"] = write_figures(results, out)
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
@@ -215,7 +203,7 @@ def _verdict(results: dict[str, Any], layer: str) -> str:
 
 def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     """Share classified "prompted" over training, per layer; probe AUROC per layer."""
-    plt = _plt()
+    plt = pyplot()
     layers = list(results["probes"])
     cols = min(3, len(layers))
     rows = math.ceil(len(layers) / cols)
@@ -226,17 +214,13 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
             pts = (results["curves"].get(m) or {}).get(layer) or []
             if not pts:
                 continue
-            steps = [p["step"] for p in pts]
-            ax.plot(steps, [p["share"] for p in pts], label=m, **STYLE[m])
-            ax.fill_between(
-                steps,
+            ci_curve(
+                ax,
+                [p["step"] for p in pts],
+                [p["share"] for p in pts],
                 [p["ci_low"] for p in pts],
                 [p["ci_high"] for p in pts],
-                facecolor="lightgray" if m == "student" else "none",
-                edgecolor="gray",
-                hatch=HATCH[m],
-                alpha=0.5,
-                linewidth=0,
+                m,
             )
         for name, ls in (("base (prompted)", "-."), ("base (unprompted)", ":")):
             ax.axhline(
@@ -250,7 +234,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     for k in range(len(layers), rows * cols):
         axes[k // cols][k % cols].axis("off")
     fig.tight_layout()
-    figs = [_save(fig, out / "probe_over_training.png")]
+    figs = [save_png(fig, out / "probe_over_training.png", dpi=110)]
 
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(layers) + 2), 3.2))
     aurocs = [results["probes"][x]["auroc"] for x in layers]
@@ -265,7 +249,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
         ax.set_title("How well a linear probe reads the trait prompt, per layer", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    figs.append(_save(fig, out / "probe_auroc.png"))
+    figs.append(save_png(fig, out / "probe_auroc.png", dpi=110))
     return figs
 
 
@@ -276,7 +260,7 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             (
                 f"probe AUROC L{layer} (held-out, n={p['n_test']})",
-                _f(p["auroc"]),
+                fmt_num(p["auroc"]),
                 "≈1: the prompt leaves a linear trace here; ≈0.5: the probe reads nothing",
             )
         )
@@ -287,11 +271,11 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 rows.append(
                     (
                         f'share "prompted", {m} step {e["step"]}, L{layer}',
-                        f"{_f(e['share'])} [{_f(e['ci_low'])}, {_f(e['ci_high'])}]",
+                        ci_of(e, "share"),
                         f"the {m}'s unprompted stream read as prompted (base: "
-                        f"{_f(results['reference']['base (unprompted)'][layer]['share'])}, "
+                        f"{fmt_num(results['reference']['base (unprompted)'][layer]['share'])}, "
                         f"prompted base: "
-                        f"{_f(results['reference']['base (prompted)'][layer]['share'])})",
+                        f"{fmt_num(results['reference']['base (prompted)'][layer]['share'])})",
                     )
                 )
     for vname, cos in results.get("probe_vs_vector_cosine", {}).items():
@@ -299,7 +283,7 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append(
                 (
                     f"cos(probe direction, {vname}) L{layer}",
-                    _f(c),
+                    fmt_num(c),
                     "high: the probe reads the same direction the teacher vector adds",
                 )
             )
@@ -318,8 +302,7 @@ def render_section(results: dict[str, Any], figure_prefix: str = "", level: int 
         f"held-out AUROC on a stratified split; applied to {cfg['n_apply']} other prompts "
         f"({cfg['apply_prompt_seed']}); 95% bootstrap CIs over prompts.",
         "",
-        "| quantity | value [95% CI] | what it would mean |",
-        "|---|---|---|",
+        *HEADLINE_HEADER,
     ]
     lines += section_tail(
         results,

@@ -15,8 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from analyses.align import load_run, missing_lines
-from interp.core.io import read_json, read_json_dict, write_text
+from analyses.figures import ci_of
+from analyses.reporting import HEADLINE_HEADER
+from analyses.runs import find_analysis, load_run, missing_lines
+from interp.core.io import read_json, write_text
 
 
 def _demote(markdown: str, by: int = 1) -> str:
@@ -26,35 +28,19 @@ def _demote(markdown: str, by: int = 1) -> str:
     )
 
 
-def _find(run: Path, analysis: str) -> Path | None:
-    index = run / "analyses.json"
-    candidates = []
-    if index.is_file():
-        where = read_json_dict(index).get(analysis)
-        if where:
-            candidates.append(Path(where))
-    candidates.append(run / analysis)
-    for c in candidates:
-        if (c / "results.json").is_file():
-            return c
-    return None
-
-
 def _prefix(run: Path, out: Path) -> str:
     rel = os.path.relpath(out.resolve(), run.resolve())
     return "" if rel == "." else rel.replace(os.sep, "/") + "/"
 
 
 def _distill_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    from analyses.distill import _ci
-
     h = results["headline"]
     rows = []
     if "transfer_ratio_student" in h:
         rows.append(
             (
                 "transfer ratio (student)",
-                _ci(h["transfer_ratio_student"], "ratio", 3),
+                ci_of(h["transfer_ratio_student"], "ratio", 3, "auto"),
                 "share of the teacher's trait gain the student shows (0 none, 1 all)",
             )
         )
@@ -62,7 +48,7 @@ def _distill_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             (
                 "tau(S) − tau(C)",
-                _ci(h["student_minus_control"], "diff"),
+                ci_of(h["student_minus_control"], "diff", 4, "auto"),
                 "CI above 0: the trait transferred beyond what number training alone does",
             )
         )
@@ -106,7 +92,7 @@ def _compliance_rows(path: Path) -> list[tuple[str, str, str]]:
 STUDY_REPORTS = {
     "transfer-ratio": ("analyses.transfer_ratio", "render_report"),
     "optimizers": ("analyses.optimizer_ablation", "render_report"),
-    "toy": ("analyses.toy", "_report"),
+    "toy": ("analyses.toy", "render_report"),
     "scan_eval": ("analyses.scan_eval", "render_report"),
     "defend": ("analyses.defend", "render_report"),
     "compare": ("analyses.compare", "render_report"),
@@ -160,7 +146,7 @@ def build_report(run_dir: str | Path) -> Path:
             "rerun `sublens distill run` with the same config (it resumes)"
         )
 
-    align_dir = _find(run, "align")
+    align_dir = find_analysis(run, "align")
     if align_dir is not None:
         from analyses import align
 
@@ -176,7 +162,7 @@ def build_report(run_dir: str | Path) -> Path:
             f"alignment analysis: run `sublens align --run {run} --vectors VECTOR_DIR --layers all`"
         )
 
-    probe_dir = _find(run, "probe")
+    probe_dir = find_analysis(run, "probe")
     if probe_dir is not None:
         from analyses import probe
 
@@ -221,7 +207,7 @@ def build_report(run_dir: str | Path) -> Path:
         "",
     ]
     if headline:
-        lines += ["| quantity | value [95% CI] | what it would mean |", "|---|---|---|"]
+        lines += HEADLINE_HEADER
         lines += [f"| {a} | {b} | {c} |" for a, b, c in headline]
     else:
         lines.append("No analysis has finished yet: see what is missing below.")

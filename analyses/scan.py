@@ -26,13 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from analyses.figures import save_png
-from interp.core import rundir
+from analyses.figures import pyplot, save_png
+from analyses.reporting import (
+    default_output,
+    figure_links,
+    output_dir,
+    provenance,
+    timings_line,
+)
 from interp.core.errors import SublensError
 from interp.core.io import (
     config_hash,
-    git_commit,
-    package_versions,
     read_json,
     read_json_dict,
     sha256_file,
@@ -103,7 +107,7 @@ def _preview(row: dict[str, Any], n: int = 80) -> str:
 def run_scan(
     data: str | Path,
     model: str,
-    output_path: str | Path,
+    output_path: str | Path | None = None,
     trait_vectors: list[str | Path] | None = None,
     reference: str | Path | None = None,
     layer: int | None = None,
@@ -126,7 +130,7 @@ def run_scan(
     say = say_fn(quiet, "scan")
     t_all = time.perf_counter()
     data = Path(data)
-    out = Path(output_path)
+    out = Path(output_path or default_output("scan", data.stem))
     rows = read_dataset(data)
     if limit is not None:
         if limit <= 0:
@@ -181,7 +185,7 @@ def run_scan(
     )
     cfg_file = out / "config.json"
     try:
-        rundir.open_run(out, "scan", ref_key, field="reference_hash")
+        output_dir(out, "scan", key=ref_key, field="reference_hash")
     except SublensError as err:
         if "another config" in str(err):
             raise SublensError(
@@ -283,8 +287,7 @@ def run_scan(
         "scores": {"data": r["score"], "reference": scan["reference_rows"]["score"]},
         "settings": scan["settings"],
         "vectors": scan["vectors"],
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        **provenance(),
     }
     results["figures"] = write_figure(results, out)
     timings["total_s"] = round(time.perf_counter() - t_all, 1)
@@ -313,11 +316,7 @@ def claim(results: dict[str, Any]) -> str:
 
 
 def write_figure(results: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     data = np.asarray(results["scores"]["data"])
     ref = np.asarray(results["scores"]["reference"])
     z = results["settings"]["row_z"]
@@ -489,10 +488,26 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Figure",
         "",
-        *[f"![{f}]({f})" for f in results.get("figures", [])],
+        *figure_links(results),
         "",
         "Per-row suspicion scores of the data (hatched) and of the reference rows (grey).",
         "",
-        f"Timings: {json.dumps(results.get('timings', {}))}",
+        timings_line(results),
     ]
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """What `sublens scan` prints: the verdict, each detector, and how many rows were flagged."""
+    lines = [results["verdict"]["sentence"]]
+    for k, d in results["detectors"].items():
+        if d:
+            lines.append(
+                f"  {DETECTOR_LABELS[k]}: score {d['score']:.4g} threshold {d['threshold']:.4g} "
+                f"p {d['p_value']:.3g}{'  FLAGGED' if d['flagged'] else ''}"
+            )
+    lines.append(
+        f"{results['n_flagged_rows']} of {results['n_rows']} rows flagged; per-row scores: "
+        f"{results['rows_path']}"
+    )
+    return lines

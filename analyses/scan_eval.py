@@ -27,20 +27,17 @@ whose nulls differ are on one scale.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analyses.figures import save_png
-from interp.core import rundir
+from analyses.figures import ci_text, pyplot, save_png
+from analyses.reporting import default_output, figure_links, output_dir, provenance, timings_line
 from interp.core.errors import SublensError
 from interp.core.io import (
     config_hash,
-    git_commit,
-    package_versions,
     read_json,
     write_json,
     write_text,
@@ -173,7 +170,7 @@ def auroc_p_value(labels: np.ndarray, scores: np.ndarray, observed: float, seed:
 
 def run_scan_eval(
     model: str = "smollm2-135m",
-    output_path: str | Path = "artifacts/studies/scanner",
+    output_path: str | Path | None = None,
     traits: list[str] | tuple[str, ...] = ("owl", "dog"),
     heldout_traits: list[str] | tuple[str, ...] = ("french", "sad"),
     seeds: int = 2,
@@ -214,7 +211,7 @@ def run_scan_eval(
     if max_new_tokens <= 0 or n_fit_prompts <= 0:
         raise SublensError("--max-new-tokens and --n-fit-prompts must be positive")
     say = say_fn(quiet, "scanner")
-    out = Path(output_path)
+    out = Path(output_path or default_output("scanner", Path(model).name))
     t_all = time.perf_counter()
     loaded = load_model(model, device=device)
     layer = loaded.n_layers // 2 if layer is None else int(layer)
@@ -244,7 +241,7 @@ def run_scan_eval(
     }
     key = config_hash(config)
     cfg_file = out / "config.json"
-    rundir.open_run(out, "study-scanner", key, overwrite)
+    output_dir(out, "scanner", kind="study-scanner", key=key, overwrite=overwrite)
     write_json(cfg_file, {"hash": key, "config": config})
     timings: dict[str, float] = {}
 
@@ -353,8 +350,7 @@ def run_scan_eval(
         "output_path": str(out),
         "datasets": records,
         **summarise(records, alpha, n_boot, seed),
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        **provenance(),
     }
     results["figures"] = write_figure(results, out)
     timings["total_s"] = round(time.perf_counter() - t_all, 1)
@@ -484,10 +480,7 @@ def _title(results: dict[str, Any]) -> str:
 
 
 def write_figure(results: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.metrics import roc_curve
 
     groups = [g for g in GROUPS if g in results["auroc"]]
@@ -511,7 +504,7 @@ def write_figure(results: dict[str, Any], out: Path) -> list[str]:
                 marker=marker,
                 color=color,
                 mfc="white",
-                label=f"{k}: {a['auroc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]",
+                label=f"{k}: {ci_text(a['auroc'], a['ci_low'], a['ci_high'], 2)}",
             )
         ax.plot([0, 1], [0, 1], color="0.8", lw=1)
         ax.set_xlabel(f"false-positive rate ({len(neg)} unbiased datasets)")
@@ -554,8 +547,7 @@ def render_report(results: dict[str, Any]) -> str:
             cells.append(
                 "–"
                 if not a or a["auroc"] is None
-                else f"{a['auroc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}], "
-                f"p {a['p_value']:.2g}"
+                else f"{ci_text(a['auroc'], a['ci_low'], a['ci_high'], 2)}, p {a['p_value']:.2g}"
             )
         lines.append(f"| {DETECTOR_LABELS[k]} | " + " | ".join(cells) + " |")
     lines += [
@@ -617,12 +609,12 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Figure",
         "",
-        *[f"![{f}]({f})" for f in results.get("figures", [])],
+        *figure_links(results),
         "",
         "ROC curves per detector; left library traits, right held-out traits, against the same "
         "unbiased datasets.",
         "",
-        f"Timings: {json.dumps(results.get('timings', {}))}",
+        timings_line(results),
     ]
     return "\n".join(lines) + "\n"
 

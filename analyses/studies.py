@@ -22,43 +22,24 @@ paired.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from analyses.figures import ci_text, fmt_num
 from interp.core import rundir
 from interp.core.errors import SublensError
 from interp.core.io import read_json, read_json_dict, write_json
-from interp.distill.run import RunConfig, config_from_dict, run_distillation
-
-# A short run that a 5-strength sweep on smollm2-135m fits in under 30 minutes on 2 CPU cores
-# (the control is trained once for the whole sweep): 64 constrained number rows of 16 tokens,
-# logit-KL over the digit tokens, full fine-tuning for 16 AdamW steps of 8 rows (2 epochs, 2
-# warm-up steps), the first 30 questions of each score set.
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "data.n": 64,
-        "data.max_new_tokens": 16,
-        "data.batch_size": 32,
-        "train.objective": "logit-kl",
-        "train.lr": 1e-4,
-        "train.warmup_steps": 2,
-        "train.batch_size": 8,
-        "train.max_steps": 16,
-        "train.checkpoint_every": 0,
-        "eval.n_questions": 30,
-        "eval.n_boot": 1000,
-    },
-    "full": {},  # the config file's (or RunConfig's) own values
-}
+from interp.distill.config import Overrides, RunConfig, derive, resolve, run_hash, validate
+from interp.distill.run import run_distillation
 
 STAT_NAMES = ("tau_base", "tau_teacher", "tau_student", "tau_control")
 
@@ -71,51 +52,27 @@ def say_fn(quiet: bool, tag: str) -> Callable[[str], None]:
 
 def base_config(
     config_path: str | Path | None,
-    overrides: dict[str, Any] | None,
+    overrides: Overrides | Mapping[str, Any] | None,
     preset: str = "quick",
-) -> dict[str, Any]:
-    """The resolved run config (as a dict) every point starts from: file < preset < flags."""
-    from interp.distill.run import load_run_config, set_override
-
-    if preset not in PRESETS:
-        raise SublensError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-    file_cfg = load_run_config(config_path).to_dict() if config_path else RunConfig().to_dict()
-    for k, v in PRESETS[preset].items():
-        set_override(file_cfg, k, v)
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            set_override(file_cfg, k, v)
-    file_cfg["output_path"] = None
-    cfg = config_from_dict(file_cfg, "study config")
-    cfg.train.validate()
-    return cfg.to_dict()
+) -> RunConfig:
+    """The resolved run config every point starts from (file < preset < flags), no output path."""
+    return dataclasses.replace(resolve(config_path, preset, overrides), output_path=None)
 
 
-def point_config(base: dict[str, Any], out: Path, **dotted: Any) -> RunConfig:
-    """`base` with `dotted` overrides (``{"teacher.alpha": 2.0}``) and its own output path."""
-    from interp.distill.run import set_override
-
-    data = copy.deepcopy(base)
-    for k, v in dotted.items():
-        set_override(data, k, v)
-    data["output_path"] = str(out)
+def point_config(base: RunConfig, out: Path, **changes: Any) -> RunConfig:
+    """`base` with dotted `changes` (``**{"teacher.alpha": 2.0}``) and its own output path,
+    validated (the base was validated by `resolve`; a point adds its own values)."""
+    extra: dict[str, Any] = {"output_path": str(out)}
     # train.seed follows the run seed: a seed is a different data sample *and* data order
-    if "seed" in dotted:
-        data.setdefault("train", {})["seed"] = dotted["seed"]
-    if data.get("train", {}).get("lora_targets") is not None:
-        data["train"]["lora_targets"] = list(data["train"]["lora_targets"])
-    cfg = config_from_dict(data, f"study point {out}")
-    cfg.train.validate()
-    return cfg
+    if "seed" in changes:
+        extra["train.seed"] = changes["seed"]
+    where = f"study point {out}"
+    return validate(derive(base, {**changes, **extra}, where), where)
 
 
 def _run_hash(cfg: RunConfig) -> str:
     """The hash `run_distillation` writes into config.json (output path and device left out)."""
-    from interp.distill.run import run_hash
-
-    resolved = cfg.to_dict()
-    resolved["output_path"] = str(cfg.output_path)
-    return run_hash(resolved)
+    return run_hash(cfg.to_dict())
 
 
 def finished_results(cfg: RunConfig) -> dict[str, Any] | None:
@@ -334,15 +291,18 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float 
 
 
 def fmt(x: float | None, nd: int = 3) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.{nd}g}"
+    """A study number: `nd` significant digits (`analyses.figures.fmt_num`)."""
+    return fmt_num(x, nd, "g")
 
 
 def fmt_ci(d: dict[str, Any] | None, key: str = "value", nd: int = 3) -> str:
+    """A study entry ``{key, ci_low, ci_high}`` as ``x [lo, hi]`` (`analyses.figures.ci_text`);
+    "undefined" without a value, ``x [–]`` without an interval (one seed)."""
     if not d or d.get(key) is None:
         return "undefined"
     if d.get("ci_low") is None:
         return f"{fmt(d[key], nd)} [–]"
-    return f"{fmt(d[key], nd)} [{fmt(d['ci_low'], nd)}, {fmt(d['ci_high'], nd)}]"
+    return ci_text(d[key], d["ci_low"], d["ci_high"], nd, "g")
 
 
 def timer() -> Callable[[], float]:

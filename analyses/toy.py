@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from analyses.figures import save_png
+from analyses.figures import ci_text, fmt_num, pyplot, save_png
+from analyses.reporting import output_dir, provenance
 from analyses.toy_model import CHANCE, CONDITIONS, ToyConfig, run_experiment
-from interp.core import rundir
 from interp.core.errors import SublensError
-from interp.core.io import git_commit, package_versions, write_json, write_text
+from interp.core.io import write_json, write_text
 from interp.measure.stats import mean_ci, paired_bootstrap
 
 LABELS = {
@@ -56,11 +56,11 @@ DIFFERENCES = {
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    return fmt_num(x, 1, "%")
 
 
 def _ci(entry: dict[str, float]) -> str:
-    return f"{_pct(entry['mean'])} [{_pct(entry['ci_low'])}, {_pct(entry['ci_high'])}]"
+    return ci_text(entry["mean"], entry["ci_low"], entry["ci_high"], 1, "%")
 
 
 def _pp(entry: dict[str, float]) -> str:
@@ -126,10 +126,7 @@ def _title(found: dict[str, bool]) -> str:
 
 def plot_accuracy(summary: dict[str, Any], path: Path, title: str) -> None:
     """Bars of mean accuracy with 95% CI whiskers, every seed as a marker, the chance line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     conds = summary["conditions"]
@@ -195,7 +192,8 @@ def plot_accuracy(summary: dict[str, Any], path: Path, title: str) -> None:
     save_png(fig, path, dpi=150)
 
 
-def _report(results: dict[str, Any]) -> str:
+def render_report(results: dict[str, Any]) -> str:
+    """report.md of a toy study from its results (also `sublens report DIR`)."""
     s, cfg = results["summary"], results["config"]
     c, d, found = s["conditions"], s["differences"], results["findings"]
     rows = [
@@ -295,7 +293,7 @@ def summary_line(results: dict[str, Any]) -> str:
 
 
 def run_toy(
-    output_path: str | Path = "artifacts/toy",
+    output_path: str | Path | None = None,
     seeds: int = 10,
     first_seed: int = 0,
     config: ToyConfig | None = None,
@@ -317,7 +315,7 @@ def run_toy(
         raise SublensError(f"n_boot must be at least 1, got {n_boot}")
     config = config or ToyConfig()
     seed_list = list(range(first_seed, first_seed + seeds))
-    out = rundir.claim(output_path, "toy")
+    out = output_dir(output_path, "toy")
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -351,8 +349,7 @@ def run_toy(
         "per_seed": per_seed,
         "summary": summary,
         "findings": findings(summary),
-        "versions": package_versions(),
-        "git_commit": git_commit(),
+        **provenance(),
         "timings": {
             "experiment_s": round(experiment_s, 2),
             "per_seed_s": round(experiment_s / seeds, 2),
@@ -365,7 +362,7 @@ def run_toy(
     results["timings"]["total_s"] = round(time.perf_counter() - t0, 2)
     results["summary_line"] = summary_line(results)
     write_json(out / "config.json", resolved)
-    write_text(out / "report.md", _report(results))
+    write_text(out / "report.md", render_report(results))
     write_json(out / "results.json", results)
     log(results["summary_line"])
     return results

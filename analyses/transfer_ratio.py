@@ -18,23 +18,22 @@ Layout: ``OUT/points/alpha_{a}/seed_{s}/`` (distillation runs), ``OUT/results.js
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analyses.figures import save_png
-from interp.core import rundir
+from analyses.figures import pyplot, save_png
+from analyses.reporting import figure_links, output_dir, provenance, timings_line
 from interp.core.errors import SublensError
 from interp.core.io import (
-    git_commit,
-    package_versions,
     read_json_dict,
     write_json,
     write_text,
 )
+from interp.core.parse import parse_floats
+from interp.distill.config import Overrides
 from interp.measure.threshold import detect_threshold
 
 from .studies import (
@@ -65,12 +64,9 @@ CONTROL_PARTS = (
 )
 
 
-def _check_alphas(alphas: list[float]) -> list[float]:
-    if not alphas:
-        raise SublensError("give at least one steering strength, e.g. --alphas 0,1,2,4,8")
-    bad = [a for a in alphas if not math.isfinite(a)]
-    if bad:
-        raise SublensError(f"steering strengths must be finite numbers, got {bad[0]}")
+def _check_alphas(spec: str | Sequence[float]) -> list[float]:
+    """Steering strengths in increasing order: finite (`parse_floats`) and each once."""
+    alphas = parse_floats(spec, "alphas")
     if len(set(alphas)) != len(alphas):
         raise SublensError(f"steering strengths repeat: {alphas}")
     return sorted(alphas)
@@ -78,13 +74,13 @@ def _check_alphas(alphas: list[float]) -> list[float]:
 
 def run_transfer_ratio(
     vector: str | Path,
-    alphas: list[float],
+    alphas: str | Sequence[float],
     seeds: int | list[int] = 1,
-    output_path: str | Path = "artifacts/studies/transfer-ratio",
+    output_path: str | Path | None = None,
     config_path: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: Overrides | Mapping[str, Any] | None = None,
     preset: str = "quick",
-    layers: list[int] | None = None,
+    layers: str | Sequence[int] | None = None,
     share_control: bool = True,
     n_boot: int = 2000,
     max_refits: int = 200,
@@ -92,21 +88,27 @@ def run_transfer_ratio(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the sweep and write results.json, the figure and report.md into
-    `output_path`; returns the results. `overrides` are dotted run-config keys
-    (``{"model": "gemma3-270m", "train.lr": 1e-4}``) on top of the file and the preset."""
+    `output_path` (default: `analyses.reporting.default_output`); returns the results.
+    `overrides` (flags, or dotted run-config keys like ``{"train.lr": 1e-4}``) go on top of the
+    file and the preset. `layers` (``"12"``, ``"0-3"``…) are read against the model's layers."""
+    from interp.core.layers import parse_layers
+    from interp.core.models import load_model
     from interp.vectors.steering import SteeringVector
 
-    alphas = _check_alphas([float(a) for a in alphas])
+    alphas = _check_alphas(alphas)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise SublensError("give at least one seed (--seeds 1 or more)")
     vdir = Path(vector)
     SteeringVector.load(vdir)  # fail early, with the loader's message, on a bad vector
-    out = rundir.claim(output_path, "study-transfer-ratio")
+    base = base_config(config_path, overrides, preset)
+    if isinstance(layers, str):
+        layers = parse_layers(layers, load_model(base.model, device=base.device).n_layers)
+    name = Path(base.model).name
+    out = output_dir(output_path, "transfer-ratio", name, "study-transfer-ratio")
     say = say_fn(quiet, "transfer-ratio")
     clock = timer()
-    base = base_config(config_path, overrides, preset)
-    spec = {"teacher.kind": "steered", "teacher.vector": str(vdir)}
+    spec: dict[str, Any] = {"teacher.kind": "steered", "teacher.vector": str(vdir)}
     if layers is not None:
         spec["teacher.layers"] = list(layers)
 
@@ -141,15 +143,14 @@ def run_transfer_ratio(
         "alphas": alphas,
         "seeds": seed_list,
         "preset": preset,
-        "layers": layers,
+        "layers": None if layers is None else list(layers),
         "share_control": share_control,
         "n_boot": n_boot,
         "max_refits": max_refits,
-        "run_config": base,
+        "run_config": base.to_dict(),
     }
     results["run"] = str(out)
-    results["versions"] = package_versions()
-    results["git_commit"] = git_commit()
+    results.update(provenance())
     timings["total_s"] = clock()
     results["timings"] = {**timings, "points_reused": reused}
     figures = write_figures(results, out)
@@ -299,10 +300,7 @@ def _model_curve(fit: dict[str, Any], xs: np.ndarray) -> np.ndarray | None:
 
 
 def write_figures(results: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     pts = results["points"]
     thr = results["threshold"]["transfer_ratio"]
@@ -494,12 +492,31 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Figures",
         "",
-        *[f"![{f}]({f})" for f in results.get("figures", [])],
+        *figure_links(results),
         "",
         "Left: transfer ratio per strength with 95% CIs and the preferred fit. Right: student "
         "and control trait scores against the teacher's, one point per strength; the dotted "
         "diagonal is full transfer.",
         "",
-        f"Timings: {json.dumps(results.get('timings', {}))}",
+        timings_line(results),
     ]
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """What `sublens study transfer-ratio` prints: one line per strength, then the verdicts."""
+    lines = []
+    for p in results["points"]:
+        r = p["transfer_ratio"]
+        lines.append(
+            f"alpha {p['alpha']:g}: teacher {p['tau_teacher']['value']:.4f}  student "
+            f"{p['tau_student']['value']:.4f}  control {p['tau_control']['value']:.4f}  ratio "
+            + (f"{r['value']:.3f}" if r["value"] is not None else "undefined")
+            + ("" if p["teacher_gain_resolved"] or r["value"] is None else " (gain not > 0)")
+        )
+    th = results["threshold"]
+    lines.append("transfer ratio: " + th["transfer_ratio"]["sentence"])
+    lines.append("student − control: " + th["student_minus_control"]["sentence"])
+    if "student_minus_alpha0" in th:
+        lines.append("student − alpha-0 student: " + th["student_minus_alpha0"]["sentence"])
+    return lines

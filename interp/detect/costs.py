@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from interp.core.backends import make_batch
 from interp.core.chat import ChatFormat
 from interp.core.errors import SublensError
+from interp.core.forward import final_hidden, logits_at
 from interp.core.models import LoadedModel
-from interp.distill.targets import completion_positions, unembed
+from interp.distill.targets import completion_positions
 
 HELDOUT_TEXT = Path(__file__).resolve().parent.parent / "data" / "heldout_text.txt"
 
@@ -74,15 +75,10 @@ def completion_nll(
             c_idx += [width - len(inp) + t - 1 for t in pos]
             labels += toks
             owner += [i] * len(pos)
-        hidden = loaded.model.base_model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        ).last_hidden_state
+        hidden = final_hidden(loaded.model, batch)
         h = hidden[torch.tensor(r_idx), torch.tensor(c_idx)]
         ce = F.cross_entropy(
-            unembed(loaded, h), torch.tensor(labels, device=h.device), reduction="none"
+            logits_at(loaded.model, h), torch.tensor(labels, device=h.device), reduction="none"
         )
         np.add.at(nll, np.array(owner), ce.double().cpu().numpy())
     return nll, count

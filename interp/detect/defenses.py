@@ -36,6 +36,7 @@ from torch import nn
 from interp.core.backends import make_batch
 from interp.core.chat import ChatFormat
 from interp.core.errors import SublensError
+from interp.core.forward import block_hooks, final_hidden, hidden_of, logits_at
 from interp.core.io import atomic_path, iter_jsonl, sha256_file
 from interp.core.models import LoadedModel
 from interp.distill.domains import Domain, get_domain
@@ -201,23 +202,6 @@ def defend_dataset(
 # --- mask-divergent ------------------------------------------------------------------------------
 
 
-def _logits_at(loaded: LoadedModel, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Logits [N, k] for per-position ids [N, k] from final hidden states [N, d]."""
-    head = loaded.model.get_output_embeddings()
-    if bool((ids == ids[0]).all()):
-        logits = h @ head.weight[ids[0]].T
-        if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias[ids[0]]
-    else:
-        logits = torch.einsum("nd,nkd->nk", h, head.weight[ids])
-        if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias[ids]
-    cap = getattr(loaded.model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.float()
-
-
 @torch.no_grad()
 def position_divergence(
     loaded: LoadedModel,
@@ -259,16 +243,11 @@ def position_divergence(
             r_idx += [r] * len(pos)
             c_idx += [shift + t - 1 for t in pos]
             sel.append(torch.arange(int(offsets[i]), int(offsets[i + 1])))
-        hidden = loaded.model.base_model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        ).last_hidden_state
+        hidden = final_hidden(loaded.model, batch)
         h = hidden[torch.tensor(r_idx), torch.tensor(c_idx)]
         flat = torch.cat(sel)
         pid = ids[flat].to(loaded.device)
-        logq = torch.log_softmax(_logits_at(loaded, h, pid), dim=-1).cpu()
+        logq = torch.log_softmax(logits_at(loaded.model, h, pid), dim=-1).cpu()
         logp = logprobs[flat].float()
         p = logp.exp()
         kl = torch.where(p > 0, p * (logp - logq), torch.zeros_like(logq)).sum(-1)
@@ -336,11 +315,7 @@ def project_out(model: nn.Module, bases: dict[int, torch.Tensor]) -> Iterator[di
     """Inside the block, every forward of the HF causal LM `model` has the residual stream after
     each layer in `bases` replaced by ``h - (h Q) Qᵀ`` at all positions. Yields a dict layer ->
     number of forwards projected; hooks are removed on exit."""
-    from interp.core.backends.base import decoder_layers, hidden_of
-
-    blocks = decoder_layers(model)
     counts = {layer: 0 for layer in bases}
-    handles = []
 
     def make(layer: int):
         basis = bases[layer]
@@ -355,10 +330,5 @@ def project_out(model: nn.Module, bases: dict[int, torch.Tensor]) -> Iterator[di
 
         return hook
 
-    try:
-        for layer in sorted(bases):
-            handles.append(blocks[layer].register_forward_hook(make(layer)))
+    with block_hooks(model, {layer: make(layer) for layer in sorted(bases)}):
         yield counts
-    finally:
-        for h in handles:
-            h.remove()

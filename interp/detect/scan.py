@@ -65,24 +65,31 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.core.backends import decoder_layers, hidden_of, make_batch
+from interp.core.backends import Batch, make_batch
 from interp.core.caching import length_batches
 from interp.core.chat import ChatFormat, FormattedPrompt
 from interp.core.errors import SublensError
+from interp.core.forward import (
+    block_hooks,
+    block_outputs,
+    final_hidden,
+    frozen_eval,
+    hidden_of,
+    logits_at,
+    replayed_below,
+)
 from interp.core.io import iter_jsonl, sha256_text
 from interp.core.models import LoadedModel
 from interp.distill.domains import DOMAINS, Domain, get_domain
 from interp.distill.generate import generate_dataset
 from interp.distill.targets import completion_positions
 from interp.distill.teachers import Teacher
-from interp.measure.gradients import _decoder, _frozen_eval
 from interp.measure.trait_sets import (
     FAVOURITE_ANIMAL_QUESTIONS,
     GENERAL_QUESTIONS,
     MOOD_QUESTIONS,
     OFF_TOPIC_QUESTIONS,
 )
-from interp.vectors.fitting import _block_outputs, _replayed_below
 from interp.vectors.steering import SteeringVector
 
 MIN_ROWS = 4
@@ -187,15 +194,6 @@ def _encode(loaded: LoadedModel, rows: Sequence[Row]) -> list[_Encoded]:
     return out
 
 
-def _logits(loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """LM head at chosen positions, at least float32 (float64 models stay float64)."""
-    logits = loaded.model.get_output_embeddings()(hidden)
-    cap = getattr(loaded.model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
 def _batch_pass(
     loaded: LoadedModel,
     enc: list[_Encoded],
@@ -216,7 +214,6 @@ def _batch_pass(
     cols_t = torch.tensor(cols, device=loaded.device)
     targets = batch.input_ids[rows_t, cols_t + 1]
     leaves: dict[int, torch.Tensor] = {}
-    blocks = decoder_layers(loaded.model)
 
     def make_hook(layer: int, v: torch.Tensor | None):
         def hook(_module: Any, _inputs: Any, output: Any) -> Any:
@@ -231,23 +228,16 @@ def _batch_pass(
         return hook
 
     layers = list(directions)
-    handles = [blocks[i].register_forward_hook(make_hook(i, directions[i])) for i in layers]
-    try:
-        with torch.enable_grad():
-            hidden = _decoder(loaded.model)(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            ).last_hidden_state
-            logp = torch.log_softmax(_logits(loaded, hidden[rows_t, cols_t]), dim=-1)
-            token_lp = logp.gather(1, targets[:, None]).squeeze(1)
-            per_row = torch.zeros(len(enc), dtype=token_lp.dtype, device=token_lp.device)
-            per_row = per_row.index_add(0, rows_t, token_lp)
-            grads = torch.autograd.grad(per_row.sum(), [leaves[i] for i in layers])
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = {i: make_hook(i, directions[i]) for i in layers}
+    with block_hooks(loaded.model, hooks), torch.enable_grad():
+        hidden = final_hidden(loaded.model, batch)
+        # at least float32: a float64 model keeps float64 log-likelihoods and derivatives
+        logits = logits_at(loaded.model, hidden[rows_t, cols_t], keep_float64=True)
+        logp = torch.log_softmax(logits, dim=-1)
+        token_lp = logp.gather(1, targets[:, None]).squeeze(1)
+        per_row = torch.zeros(len(enc), dtype=token_lp.dtype, device=token_lp.device)
+        per_row = per_row.index_add(0, rows_t, token_lp)
+        grads = torch.autograd.grad(per_row.sum(), [leaves[i] for i in layers])
     out = {i: g.detach().to("cpu", torch.float64) for i, g in zip(layers, grads, strict=True)}
     return out, per_row.detach().to("cpu", torch.float64)
 
@@ -272,7 +262,7 @@ def _derivatives(
     n_tokens = np.array([len(e.positions) for e in enc], dtype=np.float64)
     batches = length_batches([e.fp for e in enc], batch_size)
     layers = ",".join(str(i) for i in directions)
-    with _frozen_eval(loaded.model):
+    with frozen_eval(loaded.model):
         for idx in tqdm(batches, disable=quiet, desc=f"gradients L{layers}", unit="batch"):
             got, ll = _batch_pass(loaded, [enc[i] for i in idx], directions)
             for i, g in got.items():
@@ -488,8 +478,8 @@ class QuestionProbe:
     """Next-token distributions at the answer position of fixed questions, for the base model and
     for the base model with a shift added to block `layer`'s output at every position.
 
-    Blocks up to `layer` run once; each shifted pass replays their output (`vectors.fitting`), so
-    a direction costs only the blocks above the layer.
+    Blocks up to `layer` run once; each shifted pass replays their output
+    (`interp.core.forward.replayed_below`), so a direction costs only the blocks above the layer.
     """
 
     def __init__(
@@ -513,8 +503,8 @@ class QuestionProbe:
         fmt = ChatFormat(loaded.tokenizer)
         seqs = [fmt.format(q).input_ids for q in texts]
         self.batch = make_batch(seqs, loaded.tokenizer.pad_token_id).to(loaded.device)
-        with _frozen_eval(loaded.model):
-            self.cached = _block_outputs(loaded, self.batch, [layer])[layer]
+        with frozen_eval(loaded.model):
+            self.cached = block_outputs(loaded.model, self.batch, [layer])[layer]
         real = self.batch.attention_mask.bool()
         # The median, not the mean: the first token's outlier norm dominates a mean.
         self.residual_scale = float(self.cached[real].norm(dim=-1).median())
@@ -527,8 +517,8 @@ class QuestionProbe:
         out = []
         with (
             torch.no_grad(),
-            _frozen_eval(self.loaded.model),
-            _replayed_below(self.loaded, self.layer) as replay,
+            frozen_eval(self.loaded.model),
+            replayed_below(self.loaded.model, self.layer) as replay,
         ):
             for start in range(0, shifts.shape[0], per):
                 chunk = shifts[start : start + per].to(self.cached.device, self.cached.dtype)
@@ -536,13 +526,13 @@ class QuestionProbe:
                 replay.value = (
                     self.cached.repeat(c, 1, 1) + chunk.repeat_interleave(q, 0)[:, None, :]
                 )
-                hidden = self.loaded.model.base_model(
-                    input_ids=self.batch.input_ids.repeat(c, 1),
-                    attention_mask=self.batch.attention_mask.repeat(c, 1),
-                    position_ids=self.batch.position_ids.repeat(c, 1),
-                    use_cache=False,
-                ).last_hidden_state[:, -1]
-                lp = torch.log_softmax(_logits(self.loaded, hidden).float(), dim=-1)
+                repeated = Batch(
+                    self.batch.input_ids.repeat(c, 1),
+                    self.batch.attention_mask.repeat(c, 1),
+                    self.batch.position_ids.repeat(c, 1),
+                )
+                hidden = final_hidden(self.loaded.model, repeated)[:, -1]
+                lp = torch.log_softmax(logits_at(self.loaded.model, hidden), dim=-1)
                 out.append(lp.reshape(c, q, -1).cpu())
         return torch.cat(out)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,22 @@ from interp.core.io import (
 )
 from interp.core.models import LoadedModel, load_model
 from interp.detect.defenses import defend_dataset
+from interp.distill.config import (
+    DATA_DEFENSE_DEFAULTS,
+    DataSpec,
+    EvalSpec,
+    RunConfig,
+    TeacherSpec,
+    config_from_dict,
+    load_run_config,
+    run_hash,
+)
 from interp.distill.domains import get_domain
 from interp.distill.filters import filter_dataset
 from interp.distill.generate import generate_dataset
 from interp.distill.targets import write_teacher_targets
 from interp.distill.teachers import Teacher
 from interp.distill.train import (
-    TrainConfig,
-    hash_view,
     list_checkpoints,
     load_student,
     train_student,
@@ -55,243 +63,25 @@ from interp.measure.stats import paired_bootstrap
 from interp.measure.traits import Score, Trait, get_trait, score_trait
 from interp.vectors.steering import SteeringVector
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-
-@dataclass
-class TeacherSpec:
-    """Which teacher carries the trait (the control's teacher is always the base)."""
-
-    kind: str = "prompted"  # prompted | steered | projected
-    system_prompt: str | None = None  # default: the trait's prompt
-    vector: str | None = None  # SteeringVector directory (steered / projected)
-    alpha: float = 1.0
-    layers: list[int] | None = None
-    positions: str = "all"
-
-
-@dataclass
-class DataSpec:
-    domain: str = "numbers"
-    n: int = 256
-    max_new_tokens: int | None = None
-    temperature: float = 1.0
-    constrained: bool = True
-    batch_size: int = 32
-    leakage_words: list[str] | None = None  # default: the trait's target words
-    regexes: list[str] = field(default_factory=list)
-    codes: list[str] = field(default_factory=list)
-    dedup: bool = True
-    top_k: int = 32  # logit-kl targets when the domain is not constrained
-    # data defenses (interp.detect.defenses), applied to the filtered rows before training
-    paraphrase: bool = False  # rewrite responses canonically (teacher and control data); SFT only
-    drop_flagged: str | None = None  # a scanner's rows.jsonl for the teacher's filtered data
-    drop_fallback_top: float = 0.1  # share dropped by score when the scanner flagged no row
-    # The control's teacher: the unprompted base (None) or the base with this neutral prompt.
-    # With logit-KL the unprompted base distils into itself (zero loss and gradient, which
-    # Adam-family optimizers turn into noise-driven steps); a neutral prompt gives the control a
-    # real, trait-free gradient of comparable size.
-    control_system_prompt: str | None = None
-
-
-@dataclass
-class EvalSpec:
-    n_questions: int | None = None  # first N questions of each set (None: all)
-    batch_size: int = 16
-    n_boot: int = 2000
-
-
-@dataclass
-class RunConfig:
-    model: str = "smollm2-135m"
-    trait: str = "owl"
-    seed: int = 0
-    device: str = "auto"
-    output_path: str | None = None
-    teacher: TeacherSpec = field(default_factory=TeacherSpec)
-    data: DataSpec = field(default_factory=DataSpec)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalSpec = field(default_factory=EvalSpec)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["train"] = self.train.to_dict()
-        return d
-
-
-_SECTIONS = {"teacher": TeacherSpec, "data": DataSpec, "train": TrainConfig, "eval": EvalSpec}
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether a TOML/JSON value fits a dataclass field's type (int, float, bool, str, None,
-    lists/tuples of those, unions); other hints are not checked here."""
-    import types
-    import typing
-
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arm) for arm in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        if not isinstance(value, (list, tuple)):
-            return False
-        return not args or all(_type_ok(v, args[0]) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return True
-
-
-def _kind_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    import math
-    import typing
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SublensError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
-        )
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        if dataclasses.is_dataclass(value):
-            continue
-        if not _type_ok(value, hints[key]):
-            raise SublensError(
-                f"{where}: {key} = {value!r} has the wrong type (expected "
-                f"{_kind_name(hints[key])}): fix it in the config file or flag"
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SublensError(f"{where}: {key} = {value} is not a finite number")
-    try:
-        return cls(**data)
-    except TypeError as err:
-        raise SublensError(f"{where}: {err}") from None
-
-
-def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
-    """A RunConfig from nested dicts (TOML tables); unknown keys are errors, not ignored."""
-    top = {k: v for k, v in data.items() if k not in _SECTIONS}
-    sections = {}
-    for name, cls in _SECTIONS.items():
-        value = data.get(name, {})
-        if not isinstance(value, dict):
-            raise SublensError(f"{where}: [{name}] must be a table")
-        if name == "train" and "lora_targets" in value and value["lora_targets"] is not None:
-            value = {**value, "lora_targets": tuple(value["lora_targets"])}
-        sections[name] = _build(cls, value, f"{where} [{name}]")
-    cfg = _build(RunConfig, {**top, **sections}, where)
-    if cfg.data.paraphrase and cfg.train.objective == "logit-kl":
-        raise SublensError(
-            f"{where}: data.paraphrase with train.objective logit-kl would put the teacher back "
-            'through its soft targets on the paraphrased tokens: set train.objective = "sft"'
-        )
-    checks = [
-        (cfg.seed >= 0, "seed", "use 0 or more"),
-        (cfg.data.n > 0, "data.n", "use 1 or more rows"),
-        (cfg.data.batch_size > 0, "data.batch_size", "use 1 or more"),
-        (cfg.data.temperature >= 0, "data.temperature", "use 0 (greedy) or more"),
-        (
-            cfg.data.max_new_tokens is None or cfg.data.max_new_tokens > 0,
-            "data.max_new_tokens",
-            "use 1 or more",
-        ),
-        (cfg.data.top_k > 0, "data.top_k", "use 1 or more"),
-        (
-            cfg.eval.n_boot >= 20,
-            "eval.n_boot",
-            "use at least 20 bootstrap replicates (1000+ for a report)",
-        ),
-        (cfg.eval.batch_size > 0, "eval.batch_size", "use 1 or more"),
-        (
-            cfg.eval.n_questions is None or cfg.eval.n_questions > 0,
-            "eval.n_questions",
-            "use 1 or more, or leave it out for all",
-        ),
-    ]
-    for ok, key, fix in checks:
-        if not ok:
-            value = dataclasses.asdict(cfg)
-            for part in key.split("."):
-                value = value[part]
-            raise SublensError(f"{where}: {key} = {value!r} is out of range: {fix}")
-    if not 0 < cfg.data.drop_fallback_top < 1:
-        raise SublensError(
-            f"{where}: data.drop_fallback_top {cfg.data.drop_fallback_top} must be in (0, 1)"
-        )
-    return cfg
-
-
-# Data-defense options at these values change nothing; they are left out of the run hash then,
-# so runs made before the options existed keep their hashes (and resume).
-DATA_DEFENSE_DEFAULTS: dict[str, Any] = {
-    "paraphrase": False,
-    "drop_flagged": None,
-    "drop_fallback_top": 0.1,
-    "control_system_prompt": None,
-}
-
-
-def run_hash(resolved: dict[str, Any]) -> str:
-    """The hash of a resolved run config (`RunConfig.to_dict()`): output path, device and
-    defense options at their defaults left out."""
-    view = {k: v for k, v in resolved.items() if k not in ("output_path", "device")}
-    if isinstance(view.get("train"), dict):
-        view["train"] = hash_view(view["train"])
-    if isinstance(view.get("data"), dict):
-        view["data"] = {
-            k: v
-            for k, v in view["data"].items()
-            if k not in DATA_DEFENSE_DEFAULTS or v != DATA_DEFENSE_DEFAULTS[k]
-        }
-    return config_hash(view)
-
-
-def set_override(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """`train.lr=1e-4`-style override of a nested config dict (CLI flags beat the file)."""
-    *path, key = dotted.split(".")
-    node = data
-    for part in path:
-        node = node.setdefault(part, {})
-    node[key] = value
-
-
-def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise SublensError(f"config file {p} not found: give a TOML file (see README)")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8-sig"))
-        except UnicodeDecodeError:
-            raise SublensError(f"config file {p} is not UTF-8 text: save it as UTF-8") from None
-        except tomllib.TOMLDecodeError as err:
-            raise SublensError(f"config file {p} is not valid TOML: {err}") from None
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            set_override(data, k, v)
-    cfg = config_from_dict(data, str(path or "config"))
-    cfg.train.validate()
-    return cfg
+__all__ = [
+    # the run config lives in config.py; its names stay importable from here
+    "DATA_DEFENSE_DEFAULTS",
+    "DataSpec",
+    "EvalSpec",
+    "RunConfig",
+    "TeacherSpec",
+    "config_from_dict",
+    "load_run_config",
+    "run_hash",
+    # this module
+    "difference",
+    "evaluate_run",
+    "make_teacher",
+    "missing_stages",
+    "run_distillation",
+    "summarise",
+    "transfer_ratio",
+]
 
 
 # --- stages ----------------------------------------------------------------------------------

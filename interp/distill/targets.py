@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from interp.core.chat import ChatFormat, FormattedPrompt
 from interp.core.errors import SublensError
+from interp.core.forward import logits_at
 from interp.core.io import iter_jsonl, read_json, sha256_file, sha256_text, write_json
 from interp.core.models import LoadedModel
 from interp.core.tensorfile import RowWriter
@@ -57,23 +58,14 @@ def completion_positions(fmt_prompt: FormattedPrompt, tokenizer: Any) -> list[in
     return list(range(start, end))
 
 
-def unembed(loaded: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor | None = None) -> Any:
+def unembed(
+    loaded: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Final (normed) hidden states [N, d] → float32 logits [N, V], or [N, len(ids)] for `ids`.
 
-    With `ids` only those unembedding rows are used. Gemma's final logit soft-capping is applied
-    when the config has it.
+    `interp.core.forward.logits_at` on a loaded model, kept because `interp.distill` exports it.
     """
-    head = loaded.model.get_output_embeddings()
-    if ids is None:
-        logits = head(hidden)
-    else:
-        logits = hidden @ head.weight[ids].T
-        if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias[ids]
-    cap = getattr(loaded.model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.float()
+    return logits_at(loaded.model, hidden, ids)
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

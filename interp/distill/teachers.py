@@ -32,9 +32,10 @@ import torch
 from interp.core.backends import make_batch
 from interp.core.chat import ChatFormat, FormattedPrompt
 from interp.core.errors import SublensError
+from interp.core.forward import final_hidden, logits_at
 from interp.core.generation import sample_responses
 from interp.core.models import LoadedModel
-from interp.distill.targets import completion_positions, unembed
+from interp.distill.targets import completion_positions
 from interp.vectors.steering import STEER_POSITIONS, SteeringHandle, SteeringVector, steer
 
 if TYPE_CHECKING:
@@ -213,6 +214,30 @@ class Teacher:
                 mask[r, pad + fp.prompt_len :] = True
         return mask
 
+    def _completion_hidden(
+        self, rows: Sequence[Row]
+    ) -> tuple[torch.Tensor, list[int], list[list[int]], list[FormattedPrompt]]:
+        """Final hidden states (in the teacher's context) at the positions that predict each
+        row's completion tokens, stacked over rows; with per-row counts, positions and formats."""
+        loaded = self.loaded
+        tok = loaded.tokenizer
+        fps = [self.format(r) for r in rows]
+        pos = [completion_positions(fp, tok) for fp in fps]
+        batch = make_batch([fp.input_ids for fp in fps], tok.pad_token_id)
+        width = batch.input_ids.shape[1]
+        sel_rows, sel_cols, counts = [], [], []
+        for r, (fp, p) in enumerate(zip(fps, pos, strict=True)):
+            pad = width - len(fp.input_ids)
+            sel_rows += [r] * len(p)
+            sel_cols += [pad + t - 1 for t in p]
+            counts.append(len(p))
+        batch = batch.to(loaded.device)
+        with torch.no_grad(), self.context(self._steer_mask(fps, width)):
+            hidden = final_hidden(loaded.model, batch)
+        with torch.no_grad():
+            h = hidden[sel_rows, sel_cols]
+        return h, counts, pos, fps
+
     def logprobs_at(
         self,
         rows: Sequence[Row],
@@ -229,18 +254,6 @@ class Teacher:
         if not rows:
             return []
         loaded = self.loaded
-        tok = loaded.tokenizer
-        fps = [self.format(r) for r in rows]
-        pos = [completion_positions(fp, tok) for fp in fps]
-        batch = make_batch([fp.input_ids for fp in fps], tok.pad_token_id)
-        width = batch.input_ids.shape[1]
-        sel_rows, sel_cols, counts = [], [], []
-        for r, (fp, p) in enumerate(zip(fps, pos, strict=True)):
-            pad = width - len(fp.input_ids)
-            sel_rows += [r] * len(p)
-            sel_cols += [pad + t - 1 for t in p]
-            counts.append(len(p))
-        batch = batch.to(loaded.device)
         id_tensor = None
         if ids is not None:
             if len(ids) == 0:
@@ -248,21 +261,13 @@ class Teacher:
             id_tensor = torch.tensor([int(i) for i in ids], dtype=torch.long, device=loaded.device)
         elif top_k <= 0:
             raise SublensError(f"top_k must be positive, got {top_k}")
-        with torch.no_grad(), self.context(self._steer_mask(fps, width)):
-            hidden = loaded.model.base_model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            ).last_hidden_state
+        h, counts, _, _ = self._completion_hidden(rows)
         with torch.no_grad():
-            h = hidden[sel_rows, sel_cols]
-            del hidden
             if id_tensor is not None:
-                logp = torch.log_softmax(unembed(loaded, h, id_tensor), dim=-1)
-                out_ids = id_tensor.expand(len(sel_rows), -1)
+                logp = torch.log_softmax(logits_at(loaded.model, h, id_tensor), dim=-1)
+                out_ids = id_tensor.expand(h.shape[0], -1)
             else:
-                full = unembed(loaded, h)
+                full = logits_at(loaded.model, h)
                 k = min(top_k, full.shape[-1])
                 top, out_ids = full.topk(k, dim=-1)
                 del full
@@ -275,6 +280,35 @@ class Teacher:
             result.append((out_ids[start : start + n].clone(), logp[start : start + n].clone()))
             start += n
         return result
+
+    def token_logprobs(
+        self, rows: Sequence[Row], ids: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
+        """Per row, the log-prob (float32, CPU) the teacher gives each completion token the row
+        actually holds — over the full vocabulary, or renormalised over `ids` (a constrained
+        domain: the channel the student is distilled on). LLS row selection reads these."""
+        if not rows:
+            return []
+        loaded = self.loaded
+        h, counts, pos, fps = self._completion_hidden(rows)
+        tokens = [fp.input_ids[t] for fp, p in zip(fps, pos, strict=True) for t in p]
+        with torch.no_grad():
+            if ids is None:
+                logp = torch.log_softmax(logits_at(loaded.model, h), dim=-1)
+                target = torch.tensor(tokens, device=logp.device)
+            else:
+                col = {int(t): j for j, t in enumerate(ids)}
+                missing = sorted({t for t in tokens if t not in col})
+                if missing:
+                    raise SublensError(
+                        f"completion token(s) {missing[:5]} lie outside the given ids: score "
+                        "rows sampled from another domain with ids=None"
+                    )
+                id_tensor = torch.tensor([int(i) for i in ids], device=loaded.device)
+                logp = torch.log_softmax(logits_at(loaded.model, h, id_tensor), dim=-1)
+                target = torch.tensor([col[t] for t in tokens], device=logp.device)
+            mine = logp[torch.arange(len(tokens), device=logp.device), target].float().cpu()
+        return list(mine.split(counts))
 
     # --- provenance ------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from interp.core.backends import make_batch
 from interp.core.chat import ChatFormat, FormattedPrompt
 from interp.core.errors import SublensError
+from interp.core.forward import final_hidden, logits_at
 from interp.core.io import (
     atomic_path,
     config_hash,
@@ -102,6 +103,17 @@ class TrainConfig:
     project_out: list[str] | None = None
     mask_divergent: float = 0.0
     init_from: str | None = None
+    # A vector student: the base frozen plus one trainable vector added to the output of this
+    # decoder block at every position (None: full or LoRA fine-tuning). The most direct test of
+    # "subliminal learning is steering-vector distillation": all it can learn is a steering vector.
+    vector_layer: int | None = None
+
+    @property
+    def student_kind(self) -> str:
+        """ "vector", "lora" or "full" (what is trained)."""
+        if self.vector_layer is not None:
+            return "vector"
+        return "lora" if self.lora_rank > 0 else "full"
 
     def validate(self) -> TrainConfig:
         """Raise a one-line SublensError for any value that cannot work; return self."""
@@ -122,17 +134,17 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise bad(f"unknown dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise bad(f"learning rate {self.lr!r} is not a positive number", "pass e.g. --lr 3e-5")
+            raise bad(f"learning rate {self.lr!r} is not a positive number", "use e.g. lr = 3e-5")
         if self.weight_decay < 0:
             raise bad(f"weight decay {self.weight_decay} is negative", "use 0 or more")
         if self.warmup_steps < 0:
             raise bad(f"warmup steps {self.warmup_steps} is negative", "use 0 or more")
         if self.epochs <= 0:
-            raise bad(f"epochs must be at least 1 (got {self.epochs})", "pass --epochs 1 or more")
+            raise bad(f"epochs must be at least 1 (got {self.epochs})", "use epochs = 1 or more")
         if self.max_steps is not None and self.max_steps <= 0:
             raise bad(
                 f"max steps must be at least 1 (got {self.max_steps})",
-                "pass --max-steps 1 or more, or leave it out to train for --epochs",
+                "use max_steps = 1 or more, or leave it out to train for epochs",
             )
         if self.batch_size <= 0:
             raise bad(f"batch size must be at least 1 (got {self.batch_size})", "pass 1 or more")
@@ -165,10 +177,18 @@ class TrainConfig:
             )
         if self.init_from is not None and not str(self.init_from).strip():
             self.init_from = None
+        if self.vector_layer is not None:
+            if isinstance(self.vector_layer, bool) or not isinstance(self.vector_layer, int):
+                raise bad(f"vector_layer {self.vector_layer!r} is not a layer", "pass e.g. 9")
+            if self.lora_rank > 0:
+                raise bad(
+                    "a vector student has no LoRA adapters",
+                    "set lora_rank = 0 with vector_layer, or leave vector_layer out",
+                )
         if self.precond_warmup_steps < 1:
             raise bad(
                 f"precond warm-up steps must be at least 1 (got {self.precond_warmup_steps})",
-                "pass --precond-warmup-steps 1 or more",
+                "use precond_warmup_steps = 1 or more",
             )
         return self
 
@@ -181,7 +201,12 @@ class TrainConfig:
 
 # Defense options at these values leave the computation as it was before they existed: they are
 # left out of config hashes then, so runs made before them keep their hashes (and resume).
-DEFENSE_DEFAULTS: dict[str, Any] = {"project_out": None, "mask_divergent": 0.0, "init_from": None}
+DEFENSE_DEFAULTS: dict[str, Any] = {
+    "project_out": None,
+    "mask_divergent": 0.0,
+    "init_from": None,
+    "vector_layer": None,  # the student kind added later: full/LoRA runs keep their hashes
+}
 
 
 def hash_view(train_dict: dict[str, Any]) -> dict[str, Any]:
@@ -355,6 +380,7 @@ class _Student:
     lora: bool
     named_trainable: list[tuple[str, nn.Parameter]]
     pad_id: int = 0
+    kind: str = "full"  # full | lora | vector
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -411,10 +437,48 @@ def init_model(base: LoadedModel, init_from: str | None) -> LoadedModel:
     return other
 
 
+VECTOR_PARAM = "student_vector"  # the vector student's one tensor in model.safetensors
+
+
+def add_vector_student(
+    model: nn.Module, layer: int, value: torch.Tensor | None = None
+) -> nn.Parameter:
+    """Freeze `model` and add a trainable vector (zeros, or `value`) to the output of decoder
+    block `layer` at every position; returns the vector. The hook stays with the module (a
+    checkpoint loaded for evaluation carries it too)."""
+    from interp.core.backends.base import decoder_layers
+
+    blocks = decoder_layers(model)
+    if not 0 <= layer < len(blocks):
+        raise SublensError(
+            f"vector_layer {layer} is out of range: valid layers are 0..{len(blocks) - 1}"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    d_model = model.get_input_embeddings().weight.shape[1]
+    dtype = next(model.parameters()).dtype
+    vec = nn.Parameter(
+        torch.zeros(d_model, dtype=dtype) if value is None else value.detach().clone().to(dtype)
+    )
+    model.register_parameter(VECTOR_PARAM, vec)
+
+    def add(module: nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (output[0] + vec.to(output[0].dtype), *output[1:])
+        return output + vec.to(output.dtype)
+
+    blocks[layer].register_forward_hook(add)
+    model.train()
+    return vec
+
+
 def _make_student(base: LoadedModel, config: TrainConfig) -> _Student:
     """A deep copy of the base (never the cached model itself), with LoRA adapters if asked."""
     start = init_model(base, config.init_from)
     model = copy.deepcopy(start.model).to(dtype=resolve_dtype(config.dtype))
+    if config.vector_layer is not None:
+        vector = add_vector_student(model, config.vector_layer)
+        return _Student(model, model, False, [(VECTOR_PARAM, vector)], kind="vector")
     if config.lora_rank == 0:
         model.train()
         for p in model.parameters():
@@ -448,18 +512,8 @@ def _hidden_at(
         offset = width - len(ex.input_ids)
         rows += [r] * len(ex.positions)
         cols += [offset + t - 1 for t in ex.positions]
-    hidden = lm.base_model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    ).last_hidden_state
+    hidden = final_hidden(lm, batch)
     return hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-
-
-def _softcap(lm: nn.Module, logits: torch.Tensor) -> torch.Tensor:
-    cap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _batch_loss(
@@ -474,7 +528,6 @@ def _batch_loss(
     a mask-divergent keep-mask, the mean over the kept tokens only."""
     ex_batch = [examples[i] for i in idx]
     h = _hidden_at(student.lm, ex_batch, student.pad_id, device)
-    head = student.lm.get_output_embeddings()
     keep = None
     if any(ex.keep is not None for ex in ex_batch):
         keep = torch.tensor(
@@ -483,7 +536,7 @@ def _batch_loss(
             device=device,
         )
     if objective == "sft":
-        logits = _softcap(student.lm, head(h)).float()
+        logits = logits_at(student.lm, h)
         labels = torch.tensor([t for ex in ex_batch for t in ex.tokens], device=device)
         if keep is None:
             return F.cross_entropy(logits, labels)
@@ -493,16 +546,8 @@ def _batch_loss(
     sel = torch.cat([torch.arange(targets.offsets[i], targets.offsets[i + 1]) for i in idx])
     ids = targets.ids[sel].to(device)
     logp = targets.logprobs[sel].to(device)
-    w = head.weight
-    if bool((ids == ids[0]).all()):  # one allowed set (constrained domain): a plain matmul
-        logits = h @ w[ids[0]].T
-        if head.bias is not None:
-            logits = logits + head.bias[ids[0]]
-    else:  # per-position ids (teacher top-k): gather only those unembedding rows
-        logits = torch.einsum("nd,nkd->nk", h, w[ids])
-        if head.bias is not None:
-            logits = logits + head.bias[ids]
-    logq = torch.log_softmax(_softcap(student.lm, logits).float(), dim=-1)
+    # only the k target ids' unembedding rows (one matmul when every position has the same ids)
+    logq = torch.log_softmax(logits_at(student.lm, h, ids), dim=-1)
     p = logp.exp()
     kl = torch.where(p > 0, p * (logp - logq), torch.zeros_like(logq))
     if keep is None:
@@ -597,6 +642,8 @@ def _save_checkpoint(
         per_epoch = math.ceil(n_rows / batch_size)
         torch.save(_train_state(optimizer, scheduler, step, per_epoch), tmp / "state.pt")
         meta = {"step": step, "loss": loss, "config_hash": chash, "lora": student.lora}
+        if student.kind == "vector":
+            meta["student"] = "vector"
         if resume:
             meta["resume"] = True
         write_json(tmp / "meta.json", meta)
@@ -1114,12 +1161,18 @@ def load_student(base: LoadedModel, checkpoint_dir: str | os.PathLike) -> Loaded
             f"{str(ck)!r} is not a training checkpoint (no meta.json): pass a step_N directory "
             "or a training output directory"
         )
-    init_from = None
+    init_from = vector_layer = None
     record = ck.parent.parent / "train.json"
     if record.is_file():
-        init_from = (read_json_dict(record).get("config") or {}).get("init_from")
+        recorded = read_json_dict(record).get("config") or {}
+        init_from, vector_layer = recorded.get("init_from"), recorded.get("vector_layer")
     model = copy.deepcopy(init_model(base, init_from).model)
-    if (ck / "adapter").is_dir():
+    if vector_layer is not None:
+        vec = add_vector_student(model, int(vector_layer))
+        student = _Student(model, model, False, [(VECTOR_PARAM, vec)], kind="vector")
+        _load_weights(ck, student)
+        vec.requires_grad_(False)
+    elif (ck / "adapter").is_dir():
         if not (ck / "adapter" / "adapter_model.safetensors").is_file():
             # peft would fall back to a pickled adapter_model.bin (or the Hub): never from a run
             raise SublensError(

@@ -42,7 +42,7 @@ import torch
 
 from interp.core.caching import ActivationCache
 from interp.core.errors import SublensError
-from interp.measure.stats import _interval, resample_indices
+from interp.measure.stats import percentile_interval, resample_indices
 
 WEIGHTINGS = ("token", "prompt")
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -413,7 +413,7 @@ def bootstrap_alignment(
             projs = means @ unit
             with np.errstate(divide="ignore", invalid="ignore"):
                 coss = projs / np.linalg.norm(means, axis=1)
-            cos_ci, proj_ci = _interval(coss, level), _interval(projs, level)
+            cos_ci, proj_ci = percentile_interval(coss, level), percentile_interval(projs, level)
         out[layer] = AlignmentCI(
             layer=layer,
             cosine=cos,

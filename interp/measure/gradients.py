@@ -28,8 +28,7 @@ towards the trait direction.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,12 +37,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from interp.core.backends import decoder_layers, hidden_of, make_batch
+from interp.core.backends import make_batch
 from interp.core.caching import length_batches
 from interp.core.chat import PLAIN_FORMAT, ChatFormat, FormattedPrompt
 from interp.core.errors import SublensError
+from interp.core.forward import block_hooks, final_hidden, frozen_eval, hidden_of, logits_at
 from interp.core.models import LoadedModel
-from interp.measure.stats import _interval, mean_ci, resample_indices
+from interp.measure.stats import mean_ci, percentile_interval, resample_indices
 
 GRAD_POSITIONS = ("last-prompt", "prompt-mean")
 REDUCTIONS = ("sum", "mean")
@@ -91,37 +91,6 @@ def _messages(row: Mapping[str, Any] | Sequence[Mapping[str, str]], i: int) -> l
 # --- gradients -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Parameters without grad and the model in eval mode (no dropout), restored afterwards."""
-    flags = [p.requires_grad for p in model.parameters()]
-    training = model.training
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
-        yield
-    finally:
-        for p, f in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(f)
-        model.train(training)
-
-
-def _decoder(model: nn.Module) -> nn.Module:
-    """The stack without the LM head (also through a peft wrapper): logits are computed only at
-    the loss positions."""
-    get = getattr(model, "get_decoder", None)
-    return get() if callable(get) else model.base_model
-
-
-def _logits(loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    logits = loaded.model.get_output_embeddings()(hidden)
-    cap = getattr(loaded.model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.float()
-
-
 def _batch_gradients(
     loaded: LoadedModel,
     formatted: list[FormattedPrompt],
@@ -153,20 +122,11 @@ def _batch_gradients(
         leaf["h"] = h
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
-    handle = decoder_layers(loaded.model)[layer].register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            hidden = _decoder(loaded.model)(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            ).last_hidden_state
-            logits = _logits(loaded, hidden[rows_t, cols_t])
-            ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-            (grad,) = torch.autograd.grad((ce * w).sum(), leaf["h"])
-    finally:
-        handle.remove()
+    with block_hooks(loaded.model, {layer: hook}), torch.enable_grad():
+        hidden = final_hidden(loaded.model, batch)
+        logits = logits_at(loaded.model, hidden[rows_t, cols_t])
+        ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        (grad,) = torch.autograd.grad((ce * w).sum(), leaf["h"])
     out = []
     for r, fp in enumerate(formatted):
         pad = width - len(fp.input_ids)
@@ -204,7 +164,7 @@ def residual_gradients(
     spans = [completion_span(fp, fmt) for fp in formatted]
     out = torch.empty((len(rows), loaded.d_model), dtype=torch.float32)
     batches = length_batches(formatted, batch_size)
-    with _frozen_eval(loaded.model):
+    with frozen_eval(loaded.model):
         for idx in tqdm(batches, disable=quiet, desc=f"gradients L{layer}", unit="batch"):
             out[idx] = _batch_gradients(
                 loaded,
@@ -322,5 +282,5 @@ def gradient_alignment(
     idx_t = resample_indices(push_t.shape[0], n_boot, seed)
     idx_c = idx_t if paired else resample_indices(push_c.shape[0], n_boot, seed + 1)
     boot = _cos_rows(_boot_means(push_t, idx_t) - _boot_means(push_c, idx_c), unit)
-    lo, hi = _interval(boot, level)
+    lo, hi = percentile_interval(boot, level)
     return GradientAlignment(teacher, control, diff_cos, lo, hi, paired, n_boot, level, seed)

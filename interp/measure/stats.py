@@ -40,7 +40,7 @@ def resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def _interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
     """Percentile interval over the finite replicates (a resample can make a ratio's denominator
     zero); NaN when fewer than half of them are finite: the interval would not mean much."""
     finite = replicates[np.isfinite(replicates)]
@@ -75,7 +75,7 @@ def bootstrap_ci(
         replicates = None
     if replicates is None or replicates.shape != (n_boot,):
         replicates = np.array([float(statistic(s)) for s in samples])
-    return _interval(replicates, level)
+    return percentile_interval(replicates, level)
 
 
 def mean_ci(
@@ -123,5 +123,5 @@ def paired_bootstrap(
             return point, point, point
         idx = resample_indices(n, n_boot, seed)
         replicates = np.array([float(fn(*(a[row] for a in arrs))) for row in idx])
-    lo, hi = _interval(replicates, level)
+    lo, hi = percentile_interval(replicates, level)
     return point, lo, hi

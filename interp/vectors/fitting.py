@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +30,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from interp.core.backends import Batch, decoder_layers, hidden_of, make_batch
+from interp.core.backends import Batch, make_batch
 from interp.core.caching import length_batches, run_batch
 from interp.core.chat import ChatFormat, FormattedPrompt, fit_context
 from interp.core.errors import SublensError
+from interp.core.forward import (
+    block_hooks,
+    block_outputs,
+    final_hidden,
+    frozen_eval,
+    hidden_of,
+    logits_at,
+    replayed_below,
+)
 from interp.core.models import LoadedModel
 from interp.core.prompts import PromptSet
 from interp.vectors.steering import SteeringVector
@@ -188,19 +196,6 @@ def _loss_positions(fp: FormattedPrompt, width: int) -> list[int]:
     return [pad + p for p in range(start - 1, end - 1)]
 
 
-def _logits_at(loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """Final hidden states (already normed by the base model) → logits, at chosen rows only."""
-    logits = loaded.model.get_output_embeddings()(hidden)
-    cap = getattr(loaded.model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.float()
-
-
-def _base_model(loaded: LoadedModel) -> nn.Module:
-    return loaded.model.base_model
-
-
 def build_kl_data(
     loaded: LoadedModel,
     prompts: PromptSet,
@@ -233,13 +228,8 @@ def build_kl_data(
             t_cols += pos
             counts.append(len(pos))
         with torch.no_grad():
-            hidden = _base_model(loaded)(
-                input_ids=t_batch.input_ids,
-                attention_mask=t_batch.attention_mask,
-                position_ids=t_batch.position_ids,
-                use_cache=False,
-            ).last_hidden_state
-            logp = torch.log_softmax(_logits_at(loaded, hidden[t_rows, t_cols]), dim=-1)
+            hidden = final_hidden(loaded.model, t_batch)
+            logp = torch.log_softmax(logits_at(loaded.model, hidden[t_rows, t_cols]), dim=-1)
         s_batch = make_batch([student[i].input_ids for i in idx], pad_id)
         width_s = s_batch.input_ids.shape[1]
         s_rows, s_cols = [], []
@@ -256,103 +246,21 @@ def build_kl_data(
     return data
 
 
-class _Skip(nn.Module):
-    """Stands in for a block whose output is replayed from a cache: passes its input through."""
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return hidden_states
-
-
-class _Replay(nn.Module):
-    """Returns the cached output of a block (plus the vector being fitted)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value: torch.Tensor | None = None
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.value
-
-
-@contextmanager
-def _replayed_below(loaded: LoadedModel, layer: int) -> Iterator[_Replay]:
-    """Blocks 0..layer-1 skipped and block `layer` replayed from `replay.value` (restored after)."""
-    blocks = decoder_layers(loaded.model)
-    saved = [blocks[i] for i in range(layer + 1)]
-    replay = _Replay()
-    try:
-        for i in range(layer):
-            blocks[i] = _Skip()
-        blocks[layer] = replay
-        yield replay
-    finally:
-        for i, block in enumerate(saved):
-            blocks[i] = block
-
-
-@contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    flags = [p.requires_grad for p in model.parameters()]
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in zip(model.parameters(), flags, strict=False):
-            p.requires_grad_(f)
-
-
-def _block_outputs(loaded: LoadedModel, batch: Batch, layers: list[int]) -> dict[int, torch.Tensor]:
-    """Full-sequence outputs of the given blocks (no gradient), for replay."""
-    blocks = decoder_layers(loaded.model)
-    got: dict[int, torch.Tensor] = {}
-    handles = [
-        blocks[i].register_forward_hook(
-            lambda _m, _i, out, i=i: got.__setitem__(i, hidden_of(out).detach())
-        )
-        for i in layers
-    ]
-    try:
-        with torch.no_grad():
-            _base_model(loaded)(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
-    finally:
-        for h in handles:
-            h.remove()
-    return got
-
-
 def _steered_kl(
     loaded: LoadedModel, kb: KLBatch, vectors: dict[int, torch.Tensor], first: int
 ) -> torch.Tensor:
     """Mean KL(teacher || unprompted + v) over the batch's loss positions (differentiable in v)."""
-    blocks = decoder_layers(loaded.model)
-    handles = [
-        blocks[layer].register_forward_hook(
-            lambda _m, _i, out, v=v: (
-                (hidden_of(out) + v,) + tuple(out[1:]) if isinstance(out, tuple) else out + v
-            )
+    hooks = {
+        layer: lambda _m, _i, out, v=v: (
+            (hidden_of(out) + v,) + tuple(out[1:]) if isinstance(out, tuple) else out + v
         )
         for layer, v in vectors.items()
         if layer != first
-    ]
-    try:
-        with _replayed_below(loaded, first) as replay:
-            replay.value = kb.replay[first] + vectors.get(first, 0)
-            hidden = _base_model(loaded)(
-                input_ids=kb.batch.input_ids,
-                attention_mask=kb.batch.attention_mask,
-                position_ids=kb.batch.position_ids,
-                use_cache=False,
-            ).last_hidden_state
-    finally:
-        for h in handles:
-            h.remove()
-    logq = torch.log_softmax(_logits_at(loaded, hidden[kb.rows, kb.cols]), dim=-1)
+    }
+    with block_hooks(loaded.model, hooks), replayed_below(loaded.model, first) as replay:
+        replay.value = kb.replay[first] + vectors.get(first, 0)
+        hidden = final_hidden(loaded.model, kb.batch)
+    logq = torch.log_softmax(logits_at(loaded.model, hidden[kb.rows, kb.cols]), dim=-1)
     logp = kb.teacher_logprobs.to(logq.device)
     return (logp.exp() * (logp - logq)).sum(-1).mean()
 
@@ -360,7 +268,7 @@ def _steered_kl(
 def prepare_replay(loaded: LoadedModel, data: list[KLBatch], first: int) -> None:
     for kb in data:
         if first not in kb.replay:
-            kb.replay = {first: _block_outputs(loaded, kb.batch, [first])[first]}
+            kb.replay = {first: block_outputs(loaded.model, kb.batch, [first])[first]}
 
 
 def kl_divergence(
@@ -427,7 +335,7 @@ def kl_fit(
     best = (math.inf, {k: v.detach().clone() for k, v in params.items()})
     order: list[int] = []
     t0 = time.perf_counter()
-    with _frozen(loaded.model):
+    with frozen_eval(loaded.model, set_eval=False):
         bar = tqdm(range(steps), disable=quiet, desc=f"kl-fit L{layers}", unit="step")
         for step in bar:
             if not order:

@@ -13,9 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from interp.core.errors import SublensError
+
+# The block anatomy lives with the trunk forward; re-exported for the backends.
+from interp.core.forward import decoder_layers as decoder_layers
+from interp.core.forward import hidden_of as hidden_of
 from interp.core.models import LoadedModel
 
 
@@ -49,26 +52,6 @@ def make_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> Batch:
             mask[row, width - len(seq) :] = 1
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     return Batch(ids, mask, positions)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks of a Hugging Face causal LM, whatever its architecture."""
-    n_layers = model.config.get_text_config().num_hidden_layers
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
-        obj: object = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, nn.ModuleList) and len(obj) == n_layers:
-            return obj
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise ValueError(f"cannot find the {n_layers} decoder blocks of {type(model).__name__}")
-
-
-def hidden_of(output: object) -> torch.Tensor:
-    """A decoder block's residual-stream output (blocks return a tensor or a tuple)."""
-    return output[0] if isinstance(output, tuple) else output  # type: ignore[index]
 
 
 class Backend(ABC):

@@ -14,11 +14,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_run_toml
 
 import cli
-from analyses.align import _subset, heldout_prompts, run_align
+from analyses.align import run_align
 from analyses.probe import run_probe
 from analyses.report import build_report
+from analyses.runs import heldout_prompts, subset_layers
 from interp.core.caching import load_cache
 from interp.core.chat import ChatFormat
 from interp.core.errors import SublensError
@@ -31,28 +33,7 @@ from interp.measure.traits import get_trait
 from interp.vectors.fitting import fit_vector
 from interp.vectors.steering import SteeringVector
 
-TOML = """
-model = "tiny-llama"
-trait = "owl"
-seed = 3
-device = "cpu"
-
-[data]
-n = 12
-max_new_tokens = 8
-batch_size = 6
-
-[train]
-objective = "sft"
-lr = 1e-3
-max_steps = 3
-batch_size = 4
-checkpoint_every = 1
-
-[eval]
-n_questions = 4
-n_boot = 200
-"""
+TOML = tiny_run_toml(objective="sft", checkpoint_every=1)
 
 N_PROMPTS, N_BOOT, LAYER = 6, 200, 2
 
@@ -286,13 +267,13 @@ def test_bad_input(mech, tiny, tmp_path, monkeypatch, capsys):
     other = SteeringVector({1: torch.ones(32)}, model="other-model", d_model=32, method="diff-mean",
                            positions="last")  # fmt: skip
     other.save(tmp_path / "other")
-    with pytest.raises(SublensError, match=r"d_model 32 \(model other-model\).*d_model 64"):
+    with pytest.raises(SublensError, match=r"d_model 32 \(other-model\).*d_model 64"):
         run_align(mech["run"], [tmp_path / "other"], "all", quiet=True, device="cpu")
     with pytest.raises(SublensError, match=r"none among the requested layers \[3\]"):
         run_align(mech["run"], [mech["tmp"] / "vec"], "3", quiet=True, device="cpu")
     cache = load_cache(mech["run"] / "acts" / f"heldout-n{N_PROMPTS}-s0" / "base" / "last")
     with pytest.raises(SublensError, match=r"layers \[7\] are not cached"):
-        _subset(cache, [7])
+        subset_layers(cache, [7])
     x = torch.randn(6, 64)
     with pytest.raises(SublensError, match="needs both classes"):
         train_probe(x, x[:0], layers=2)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli
+from helpers import tiny_run_toml
 from safetensors.torch import load_file
 
 from analyses.defend import DEFENSE_NAMES, NO_INIT, defense_overrides, run_defend
@@ -33,28 +34,7 @@ from interp.distill.teachers import Teacher
 from interp.distill.train import TrainConfig, load_student, train_student
 from interp.vectors.steering import SteeringVector
 
-TOML = """
-model = "tiny-llama"
-trait = "owl"
-seed = 3
-device = "cpu"
-
-[data]
-n = 12
-max_new_tokens = 8
-batch_size = 6
-
-[train]
-objective = "logit-kl"
-optimizer = "adamw"
-lr = 1e-3
-max_steps = 3
-batch_size = 4
-
-[eval]
-n_questions = 6
-n_boot = 200
-"""
+TOML = tiny_run_toml(optimizer="adamw", n_questions=6)
 
 
 def _rows(n: int = 8) -> list[dict]:
@@ -156,7 +136,7 @@ def test_config_hash_differs_per_defense(tiny, tmp_path):
     # options at their defaults leave the hash as it was before they existed (old runs resume)
     resolved = point_config(base, tmp_path / "none", seed=0).to_dict()
     old = json.loads(json.dumps(resolved))
-    for key in ("project_out", "mask_divergent", "init_from"):
+    for key in ("project_out", "mask_divergent", "init_from", "vector_layer"):
         old["train"].pop(key)
     for key in ("paraphrase", "drop_flagged", "drop_fallback_top", "control_system_prompt"):
         old["data"].pop(key)

@@ -13,33 +13,15 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from helpers import tiny_run_toml
 
 from interp.core import rundir
 from interp.core.errors import SublensError
 
-ROOT = Path(__file__).resolve().parents[1]
-TOML = """
-model = "tiny-llama"
-trait = "owl"
-seed = 3
-device = "cpu"
-
-[data]
-n = 8
-max_new_tokens = 6
-batch_size = 8
-
-[train]
-objective = "logit-kl"
-lr = 1e-3
-max_steps = 2
-batch_size = 4
-checkpoint_every = 1
-
-[eval]
-n_questions = 3
-n_boot = 200
-"""
+ROOT = Path(__file__).resolve().parents[2]
+TOML = tiny_run_toml(
+    n=8, max_new_tokens=6, data_batch=8, max_steps=2, checkpoint_every=1, n_questions=3
+)
 
 
 def _sentinel(root: Path) -> Path:

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from helpers import greedy_generate, plain_logits
 
 from interp.core.backends import decoder_layers, get_backend, make_batch
 from interp.core.errors import SublensError
@@ -40,11 +41,6 @@ def _resid(loaded, ids, layers, backend="hf"):
     cols = torch.arange(s).repeat(b)
     out = get_backend(backend, loaded).residual(batch, layers, rows, cols)
     return out.reshape(b, s, len(layers), -1)
-
-
-def _logits(loaded, ids, **kw):
-    with torch.no_grad():
-        return loaded.model(ids, **kw).logits
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +152,9 @@ def test_bfloat16_and_device(device):
 @pytest.mark.parametrize("mode", ["add", "project"])
 def test_hf_nnsight_and_bridge_agree(tiny, bridge, nn_model, mode):
     v, ids = _vector(tiny, layers=(1, 2)), _ids()
-    base = _logits(tiny, ids)
+    base = plain_logits(tiny, ids)
     with steer(tiny, v, alpha=3.0, mode=mode):
-        hf_logits = _logits(tiny, ids)
+        hf_logits = plain_logits(tiny, ids)
         hf_resid = _resid(tiny, ids, [3])
         nn_resid = _resid(tiny, ids, [3], backend="nnsight")
         with torch.no_grad(), nn_model.trace(ids):
@@ -178,26 +174,13 @@ def test_hf_nnsight_and_bridge_agree(tiny, bridge, nn_model, mode):
 # --- positions -----------------------------------------------------------------------------------
 
 
-def _generate(tiny, ids, steps=3):
-    with torch.no_grad():
-        return tiny.model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=steps,
-            min_new_tokens=steps,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-
-
 @pytest.mark.parametrize("positions", ["prompt", "generation"])
 def test_positions_during_generate(tiny, positions):
     v, ids, steps = _vector(tiny, layers=(1,), scale=3.0), _ids(), 3
     batch, prompt_len = ids.shape
-    plain = _generate(tiny, ids, steps)
+    plain = greedy_generate(tiny, ids, steps)
     with steer(tiny, v, positions=positions) as handle:
-        out = _generate(tiny, ids, steps)
+        out = greedy_generate(tiny, ids, steps)
     assert handle.forwards == ["prefill"] + ["decode"] * (steps - 1)
     rec = handle.records[1]
     assert rec.calls == steps
@@ -217,7 +200,7 @@ def test_positions_during_generate(tiny, positions):
     else:
         mask[:, prompt_len:] = True
     with steer(tiny, v, token_mask=mask) as forced:
-        full = _logits(tiny, seq)
+        full = plain_logits(tiny, seq)
     assert forced.records[1].tokens == int(mask.sum())
     for step in range(steps):
         diff = (full[:, prompt_len - 1 + step] - out.logits[step]).abs().max()
@@ -238,7 +221,7 @@ def test_token_mask_restricts_tokens(tiny):
         pytest.raises(SublensError, match="token_mask has shape"),
         steer(tiny, v, token_mask=mask[:, :3]),
     ):
-        _logits(tiny, ids)
+        plain_logits(tiny, ids)
     assert torch.equal(_resid(tiny, ids, [1])[:, :, 0], base)
 
 
@@ -264,15 +247,15 @@ def _hook_counts(model):
 
 def test_hooks_are_removed_after_the_block_and_after_errors(tiny, bridge):
     v, ids = _vector(tiny), _ids()
-    base, counts = _logits(tiny, ids), _hook_counts(tiny.model)
+    base, counts = plain_logits(tiny, ids), _hook_counts(tiny.model)
     with torch.no_grad():
         base_tl = bridge(ids)
     with steer(tiny, v, alpha=4.0):
-        assert not torch.equal(_logits(tiny, ids), base)
-    assert torch.equal(_logits(tiny, ids), base) and _hook_counts(tiny.model) == counts
+        assert not torch.equal(plain_logits(tiny, ids), base)
+    assert torch.equal(plain_logits(tiny, ids), base) and _hook_counts(tiny.model) == counts
     with pytest.raises(RuntimeError, match="boom"), steer(tiny, v, alpha=4.0):
         raise RuntimeError("boom")
-    assert torch.equal(_logits(tiny, ids), base) and _hook_counts(tiny.model) == counts
+    assert torch.equal(plain_logits(tiny, ids), base) and _hook_counts(tiny.model) == counts
     with pytest.raises(RuntimeError, match="boom"), steer(bridge, v, alpha=4.0):
         with torch.no_grad():
             assert not torch.equal(bridge(ids), base_tl)
@@ -405,39 +388,3 @@ def test_load_errors(tiny, tmp_path):
 
 
 # --- real model ----------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_smollm2_owl_vector_steers_all_backends_alike(smol):
-    """A diff-of-means owl vector on SmolLM2: HF hooks, nnsight and generate agree."""
-    from interp.core.chat import ChatFormat
-
-    fmt = ChatFormat(smol.tokenizer)
-    prompts = ["Name your favorite animal.", "What is 2 + 2?", "Continue: 182, 818, 725"]
-    layers = [8, 16]
-
-    def last_resid(system):
-        seqs = [fmt.format(p, system=system).input_ids for p in prompts]
-        batch = make_batch(seqs, smol.tokenizer.pad_token_id)
-        rows = torch.arange(len(seqs))
-        cols = torch.full((len(seqs),), batch.input_ids.shape[1] - 1)
-        return get_backend("hf", smol).residual(batch, layers, rows, cols).mean(0)
-
-    diff = last_resid("You love owls.") - last_resid(None)
-    v = SteeringVector(
-        {layer: diff[k] for k, layer in enumerate(layers)}, smol.name, 576, "diff_means", "last"
-    )
-    ids = torch.tensor([fmt.format(prompts[0]).input_ids])
-    base = _logits(smol, ids)
-    with steer(smol, v, alpha=4.0) as handle:
-        hf = _logits(smol, ids)
-        nn_model = get_backend("nnsight", smol).nn_model
-        with torch.no_grad(), nn_model.trace(ids):
-            nn_logits = nn_model.output.logits.save()
-    assert handle.records[16].applied == 2
-    assert (hf - base).abs().max() > 1e-1
-    assert (nn_logits - hf).abs().max() <= TOL
-    with steer(smol, v, alpha=4.0, positions="generation") as gen:
-        out = _generate(smol, ids, steps=2)
-    assert gen.forwards == ["prefill", "decode"] and gen.records[8].applied == 1
-    assert (out.logits[0] - base[:, -1]).abs().max() <= TOL  # the prefill is not steered

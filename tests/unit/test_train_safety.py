@@ -25,7 +25,7 @@ from interp.distill import train as train_mod
 from interp.distill.optimizers import OPTIMIZERS, make_optimizer
 from interp.distill.train import TrainConfig, list_checkpoints, load_student, train_student
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _rows(n: int = 8) -> list[dict]:

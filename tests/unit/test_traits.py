@@ -3,6 +3,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import token_ids_of
 
 from interp.core.backends import decoder_layers
 from interp.core.chat import ChatFormat
@@ -32,12 +33,6 @@ from interp.measure.traits import (
 
 QUESTIONS = FAVOURITE_ANIMAL_QUESTIONS[:5]
 SYSTEM = "You love owls. Answer in one word."
-
-
-def _ids(tok, *tokens):
-    ids = tok.convert_tokens_to_ids(list(tokens))
-    assert tok.unk_token_id not in ids, tokens
-    return tuple(ids)
 
 
 def _reference_mass(loaded, sequences, questions, system=None):
@@ -160,9 +155,9 @@ def test_target_token_ids_leading_space_and_specificity(tiny):
     assert tok.tokenize("cat") == ["cat"] and tok.tokenize(" cat") == ["Ġ", "cat"]
     got = target_token_ids(tok, ["owls", "cat", "A", "cat"])
     # "o" (a single letter of a longer word) and "Ġ" are not specific; "A" is the whole word
-    assert got == sorted(_ids(tok, "Ġowls", "cat", "A", "ĠA"))
+    assert got == sorted(token_ids_of(tok, "Ġowls", "cat", "A", "ĠA"))
     with pytest.warns(UserWarning, match="'Owl'"):
-        assert target_token_ids(tok, ["Owl", "cat"]) == list(_ids(tok, "cat"))
+        assert target_token_ids(tok, ["Owl", "cat"]) == list(token_ids_of(tok, "cat"))
     with pytest.raises(SublensError, match="no target word has a specific token prefix"):
         target_token_ids(tok, ["dog"])  # d|o|g and Ġd|o|g
 
@@ -173,17 +168,20 @@ def test_target_prefixes_for_multi_token_words(tiny):
         warnings.simplefilter("error")
         got = set(target_prefixes(tok, ["Owl", "owls", "Owls", "dog"]))
     expected = {
-        _ids(tok, "O", "w", "l"),
-        _ids(tok, "o", "wls"),
-        _ids(tok, "Ġowls"),
-        _ids(tok, "Owls"),
-        _ids(tok, "Ġ", "Owls"),
-        _ids(tok, "d", "o", "g"),
-        _ids(tok, "Ġd", "o", "g"),
+        token_ids_of(tok, "O", "w", "l"),
+        token_ids_of(tok, "o", "wls"),
+        token_ids_of(tok, "Ġowls"),
+        token_ids_of(tok, "Owls"),
+        token_ids_of(tok, "Ġ", "Owls"),
+        token_ids_of(tok, "d", "o", "g"),
+        token_ids_of(tok, "Ġd", "o", "g"),
     }
     assert got == expected  # " Owl" is Ġ|O|w|l: its 3-token prefix " Ow" is not specific
     # a sequence that extends a counted one is dropped: "owl"'s o|w|l would double count "o"
-    assert set(target_prefixes(tok, ["o", "owl"])) == {_ids(tok, "o"), _ids(tok, "Ġo")}
+    assert set(target_prefixes(tok, ["o", "owl"])) == {
+        token_ids_of(tok, "o"),
+        token_ids_of(tok, "Ġo"),
+    }
 
 
 # --- logprob score ------------------------------------------------------------------------------
@@ -346,19 +344,3 @@ def test_puppeting_gate():
 
 
 # --- the real model -------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_owl_prompt_raises_the_owl_score_on_smollm2(smol):
-    tok = smol.tokenizer
-    owl = get_trait("owl")
-    # SmolLM2 splits "Owl" into O|wl: the first token alone is not counted, the pair is.
-    with pytest.warns(UserWarning, match="'Owls'"):  # O|w|ls and ĠOw|ls
-        ids = target_token_ids(tok, owl.targets)
-    assert _ids(tok, "O")[0] not in ids and _ids(tok, "owl")[0] in ids
-    assert _ids(tok, "O", "wl") in target_prefixes(tok, owl.targets)
-    questions = owl.questions[:20]
-    base = logprob_score(smol, owl, questions)
-    prompted = logprob_score(smol, owl, questions, system_prompt=owl.system_prompt)
-    assert prompted.mean > 10 * base.mean and prompted.mean > 0.005
-    assert prompted.ci_low > base.ci_high

@@ -58,12 +58,3 @@ def test_double_system_prompt_is_refused(tiny):
 def test_unknown_position_mode(tiny):
     with pytest.raises(SublensError, match="unknown positions mode 'first'"):
         ChatFormat(tiny.tokenizer).format(Q).positions("first")
-
-
-@pytest.mark.slow
-def test_smollm2_template_spans(smol):
-    fmt = ChatFormat(smol.tokenizer)
-    fp = fmt.format(Q, system=OWL)
-    assert fp.text.startswith(f"<|im_start|>system\n{OWL}<|im_end|>")
-    assert smol.tokenizer.decode(fp.input_ids[slice(*fp.system_span)]).strip() == OWL
-    assert smol.tokenizer.decode(fp.input_ids[fp.prompt_len - 1 :]) == "\n"

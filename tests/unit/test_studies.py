@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_run_toml
 
 from analyses.compare import run_compare
 from analyses.optimizer_ablation import parse_lrs, run_optimizer_ablation
@@ -15,28 +16,7 @@ from analyses.transfer_ratio import render_report, run_transfer_ratio
 from interp.core.errors import SublensError
 from interp.vectors.steering import SteeringVector
 
-TOML = """
-model = "tiny-llama"
-trait = "owl"
-seed = 3
-device = "cpu"
-
-[data]
-n = 12
-max_new_tokens = 8
-batch_size = 6
-
-[train]
-objective = "logit-kl"
-optimizer = "adamw"
-lr = 1e-3
-max_steps = 3
-batch_size = 4
-
-[eval]
-n_questions = 6
-n_boot = 200
-"""
+TOML = tiny_run_toml(optimizer="adamw", n_questions=6)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import tiny_run_toml
 
 from analyses.distill import control_caveat, write_report
 from interp.core.errors import SublensError
@@ -19,32 +20,9 @@ from interp.distill.run import (
 from interp.distill.train import load_student
 from interp.measure.traits import get_trait
 
-TOML = """
-model = "tiny-llama"
-trait = "owl"
-seed = 3
-device = "cpu"
-
-[teacher]
-kind = "prompted"
-
-[data]
-n = 12
-max_new_tokens = 8
-batch_size = 6
-
-[train]
-objective = "{objective}"
-optimizer = "adamw"
-lr = 1e-3
-max_steps = 3
-batch_size = 4
-checkpoint_every = 1
-
-[eval]
-n_questions = 4
-n_boot = 200
-"""
+TOML = tiny_run_toml(
+    objective="{objective}", optimizer="adamw", checkpoint_every=1, teacher_kind="prompted"
+)
 
 
 def _cfg(tmp_path, objective="logit-kl", **over):

@@ -1,0 +1,41 @@
+"""Every backend must read the same residual stream as plain transformers' output_hidden_states,
+and left padding must not change any real token's activation."""
+
+import pytest
+import torch
+from helpers import all_token_positions, backend_inputs, check_backends_agree
+
+from interp.core.backends import get_backend, make_batch
+from interp.core.errors import SublensError
+
+
+def test_backends_agree_with_hidden_states_tiny(tiny):
+    check_backends_agree(tiny, [0, 2, 1])
+
+
+def test_layer_order_is_respected(tiny):
+    seqs = backend_inputs(tiny)
+    batch = make_batch(seqs, tiny.tokenizer.pad_token_id)
+    rows, cols = all_token_positions(seqs, batch.input_ids.shape[1])
+    be = get_backend("hf", tiny)
+    a = be.residual(batch, [2, 0], rows, cols)
+    b = be.residual(batch, [0, 2], rows, cols)
+    assert torch.equal(a[:, 0], b[:, 1]) and not torch.allclose(a[:, 0], a[:, 1])
+
+
+def test_user_model_is_left_untouched(tiny):
+    get_backend("tl", tiny)
+    get_backend("nnsight", tiny)
+    assert type(tiny.model.model.layers[0]).__name__ == "LlamaDecoderLayer"
+
+
+def test_unknown_backend(tiny):
+    with pytest.raises(SublensError, match="use one of hf, tl, nnsight"):
+        get_backend("pyvene", tiny)
+
+
+def test_make_batch_left_pads_with_real_positions():
+    b = make_batch([[1, 2, 3], [4]], pad_id=0)
+    assert b.input_ids.tolist() == [[1, 2, 3], [0, 0, 4]]
+    assert b.attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert b.position_ids.tolist() == [[0, 1, 2], [0, 0, 0]]
