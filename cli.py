@@ -76,8 +76,18 @@ Layer = Annotated[int | None, typer.Option("--layer", help="Default: n_layers //
 Alphas = Annotated[str, typer.Option("--alphas", help="Steering strengths, comma-separated.")]
 NBoot = Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")]
 Temperature = Annotated[float, typer.Option("--temperature", callback=_finite)]
-NPermutations = Annotated[int, typer.Option("--n-permutations")]
-NBlindPermutations = Annotated[int, typer.Option("--n-blind-permutations")]
+NPermutations = Annotated[
+    int | None,
+    typer.Option(
+        "--n-permutations", help="Known/shift/likelihood permutations (default: from the level)."
+    ),
+]
+NBlindPermutations = Annotated[
+    int | None,
+    typer.Option(
+        "--n-blind-permutations", help="Blind-detector permutations (default: from the level)."
+    ),
+]
 KlSteps = Annotated[int, typer.Option("--steps", help="kl-fit optimiser steps.")]
 KlLr = Annotated[float | None, typer.Option("--lr", callback=_finite, help="kl-fit step size.")]
 Backend = Annotated[str, typer.Option("--backend", help="tl, nnsight or hf.")]
@@ -89,7 +99,12 @@ Config = Annotated[Path | None, typer.Option("--config", help="TOML run config (
 Preset = Annotated[
     str, typer.Option("--preset", help="quick (short runs, ~30 min sweep on CPU) or full.")
 ]
-Seeds = Annotated[int, typer.Option("--seeds", help="Seeds per point (CIs across seeds).")]
+Seeds = Annotated[
+    int,
+    typer.Option(
+        "--seeds", help="Training seeds per point (CIs over seeds; 1 leaves training variance out)."
+    ),
+]
 RunModel = Annotated[str | None, typer.Option("--model", help="Model (default: the config's).")]
 RunSeed = Annotated[int | None, typer.Option("--seed", min=0)]
 RunDevice = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda.")]
@@ -556,7 +571,7 @@ def align_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Drift of student and control checkpoints vs v_teacher: alignment, nulls, interventions."""
-    from analyses.align import run_align
+    from analyses.align import run_align, summary_lines
     from interp.core.parse import parse_names
 
     results = run_align(
@@ -576,12 +591,8 @@ def align_cmd(
         batch_size=batch_size,
         device=device,
     )
-    for d in results["student_minus_control"]:
-        if d["layer"] == results["vectors"][d["vector"]]["headline_layer"]:
-            typer.echo(
-                f"{d['vector']} L{d['layer']} {d['positions']}: cos student - control "
-                f"{d['diff']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
-            )
+    for line in summary_lines(results):
+        typer.echo(line)
     typer.echo(f"report: {Path(results['output_path']) / 'report.md'}")
 
 
@@ -771,13 +782,13 @@ app.add_typer(study_app, name="study")
 @study_app.command("transfer-ratio")
 def study_transfer_ratio_cmd(
     vector: Annotated[str, typer.Option("--vector", help="Steering vector dir of the teacher.")],
-    alphas: Alphas = "0,1,2,4,8",
+    alphas: Alphas = "0,0.5,1,2,3,4,6,8",  # analyses.transfer_ratio.DEFAULT_ALPHAS
     config: Config = None,
     model: RunModel = None,
     trait: Trait = None,
     layers: SteerLayers = None,
     preset: Preset = "quick",
-    seeds: Seeds = 1,
+    seeds: Seeds = 3,
     n: Rows = None,
     objective: Objective = None,
     lr: Lr = None,
@@ -846,7 +857,7 @@ def study_optimizers_cmd(
     model: RunModel = None,
     trait: Trait = None,
     preset: Preset = "quick",
-    seeds: Seeds = 1,
+    seeds: Seeds = 3,
     n: Rows = None,
     objective: Objective = None,
     max_steps: MaxSteps = None,
@@ -924,6 +935,47 @@ def study_toy_cmd(
     typer.echo(f"report: {out / 'report.md'}")
 
 
+@study_app.command("positive-control")
+def study_positive_control_cmd(
+    model: Model = "smollm2-135m",
+    preset: Annotated[
+        str, typer.Option("--preset", help="quick (French; vector + LoRA; LLS) or full.")
+    ] = "quick",
+    traits: Annotated[str | None, typer.Option("--traits", help="e.g. french,owl")] = None,
+    students: Annotated[
+        str | None, typer.Option("--students", help="Any of vector,lora,full.")
+    ] = None,
+    selects: Annotated[str | None, typer.Option("--selects", help="Any of lls,random.")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per arm.")] = None,
+    layer: Annotated[int | None, typer.Option("--layer", help="Steering layer.")] = None,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", callback=_finite, help="Teacher strength.")
+    ] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Rows generated per side.")] = None,
+    select_top: Annotated[int | None, typer.Option("--select-top", help="Rows kept.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
+    output_path: OutputPath = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """A setting where transfer is expected: steered teacher, vector/LoRA students, LLS rows."""
+    from analyses.positive_control import make_config, run_positive_control
+    from interp.core.parse import parse_names
+
+    cfg = make_config(
+        preset, model=model, device=device, seeds=seeds, layer=layer, alpha=alpha, n=n,
+        select_top=select_top, steps=max_steps, n_questions=limit,
+        traits=parse_names(traits) if traits else None,
+        students=parse_names(students) if students else None,
+        selects=parse_names(selects) if selects else None,
+    )  # fmt: skip
+    res = run_positive_control(cfg, output_path, overwrite=overwrite, quiet=quiet)
+    for line in res["findings"]:
+        typer.echo(line)
+
+
 @study_app.command("compare")
 def study_compare_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Finished study directories.")],
@@ -956,8 +1008,8 @@ def scan_cmd(
         int | None,
         typer.Option("--max-new-tokens", help="Reference token budget (default: the data's)."),
     ] = None,
-    n_permutations: NPermutations = 1000,
-    n_blind_permutations: NBlindPermutations = 24,
+    n_permutations: NPermutations = None,
+    n_blind_permutations: NBlindPermutations = None,
     effect_scale: Annotated[
         float,
         typer.Option(
@@ -1018,8 +1070,8 @@ def study_scanner_cmd(
     n_rows: Annotated[int, typer.Option("--n-rows", help="Rows per dataset.")] = 48,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 16,
     layer: Layer = None,
-    n_permutations: NPermutations = 1000,
-    n_blind_permutations: NBlindPermutations = 24,
+    n_permutations: NPermutations = None,
+    n_blind_permutations: NBlindPermutations = None,
     n_boot: NBoot = 2000,
     seed: Seed = 0,
     batch_size: BatchSize = 8,
@@ -1086,7 +1138,7 @@ def defend_cmd(
     model: RunModel = None,
     trait: Trait = None,
     preset: Preset = "quick",
-    seeds: Seeds = 1,
+    seeds: Seeds = 3,
     n: Rows = None,
     lr: Lr = None,
     max_steps: MaxSteps = None,

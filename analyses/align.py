@@ -11,16 +11,22 @@ For a distillation run (``interp.distill.run``) and one or more teacher vectors:
    Activations are cached under ``RUN/acts/`` (resumable); drift vectors are saved as
    `SteeringVector`s under ``OUT/drift/`` so they can be steered with.
 2. **Alignment** ``cos(v_student, v_teacher)`` and the signed projection, per layer × checkpoint,
-   with percentile bootstrap CIs over prompts (paired: the same prompts for base and checkpoint,
-   and for student and control in their difference). Nulls: random directions in ``d_model``
-   dimensions (exact |cos| bound) and the drift's cosines with diff-of-means vectors of the
-   *other* built-in trait prompts.
+   with percentile bootstrap CIs over prompts (paired: the same prompts for base and
+   checkpoint). Student against control compares *projections* on ``v̂_teacher``
+   (`interp.measure.alignment.compare_drifts`, paired over prompts): raw cosines shrink with
+   each drift's own noise, projections do not. Nulls, each p with its smallest attainable p:
+   random directions in ``d_model`` dimensions (isotropic, exact |cos| bound), random directions
+   with the held-out activations' own covariance at that layer (residual streams are not
+   isotropic), and the drift's cosines with diff-of-means vectors of at least 19 *unrelated*
+   trait prompts (`interp.measure.alignment.unrelated_trait_prompts`).
 3. **Sufficiency / necessity** at the final checkpoint and one layer per vector: add
    ``v_student`` to the base (and ``v_control``, as a control); remove the student's mean shift
    along ``v̂_teacher`` (``h - (v_student · v̂) v̂``: the student's component is set back to the
    base's mean component); add ``v_teacher`` to the unprompted base; project ``v_teacher`` out of
    the prompted teacher. Each as a share of the gain it should explain, with paired bootstrap
-   CIs over questions (`interp.measure.stats.paired_bootstrap`).
+   CIs over questions (`interp.measure.stats.paired_bootstrap`); a share is given only when the
+   gain it divides by is resolved (`interp.measure.verdicts.ratio_or_undefined`): for the
+   student's shares, a student gain over the base *and* beyond the control.
 4. **Gradient alignment** of the SFT loss on the teacher's vs the control's data with
    ``v_teacher`` (`interp.measure.gradients`).
 
@@ -33,7 +39,6 @@ figures) is its only layer, or ``at_layer``, or else the middle of its layers am
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -68,18 +73,26 @@ from interp.core.prompts import PromptSet
 from interp.measure.alignment import (
     AlignmentCI,
     PromptDrift,
+    compare_drifts,
+    corrected_cosine,
+    covariance_cosine_null,
+    noise_norm,
     null_from_vectors,
     null_test,
     prompt_drift,
     random_cosine_bound,
     random_cosine_null,
     resample_weights,
+    unrelated_trait_prompts,
 )
 from interp.measure.stats import percentile_interval
+from interp.measure.verdicts import above_zero, excludes_zero, ratio_or_undefined
 from interp.vectors.steering import SteeringVector
 
 CACHE_MODES = {"last": "last", "all": "mean"}  # position label -> cache positions mode
 LEVEL = 0.95
+N_RANDOM_NULL = 10_000  # isotropic random directions
+N_COVARIANCE_NULL = 2000  # random directions with the activations' covariance, per layer
 
 
 # --- vectors and activations ---------------------------------------------------------------
@@ -130,7 +143,7 @@ def drift_alignment(
     pd: PromptDrift, v: torch.Tensor, layer: int, n_boot: int, seed: int, level: float = LEVEL
 ) -> tuple[AlignmentCI, np.ndarray]:
     """Alignment of a PromptDrift with `v` at `layer`, CIs over prompts, and the bootstrap
-    cosines (for paired differences: same seed and prompts → same resamples).
+    cosines (same seed and prompts → the same resamples as `compare_drifts`).
 
     Not `interp.measure.alignment.bootstrap_alignment`: that one builds the drift from two
     activation sets (no token-count weights for ``all`` cached as per-prompt means), rounds the
@@ -147,10 +160,8 @@ def drift_alignment(
     dn = float(np.linalg.norm(drift))
     proj = float(drift @ unit)
     cos = proj / dn if dn > 0 else float("nan")
-    resid = diffs - drift[None, :]
-    noise = float(np.sqrt((ww**2 * (resid**2).sum(axis=1)).sum()) / ww.sum())
-    signal2 = max(dn**2 - noise**2, proj**2)
-    corrected = proj / math.sqrt(signal2) if signal2 > 0 else float("nan")
+    noise = noise_norm(diffs, ww)
+    corrected = corrected_cosine(proj, dn, noise)
     if pd.n_prompts > 1:
         bw = resample_weights(w, n_boot, seed)
         means = (bw @ diffs) / bw.sum(axis=1, keepdims=True)
@@ -193,6 +204,62 @@ def _share(
     return {"share": r["ratio"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
 
 
+# which share divides by which gain, and what the reference is
+SHARES = {
+    "sufficiency_student": ("base + v_student", "student"),
+    "necessity_student": ("student − shift along v_teacher", "student"),
+    "sufficiency_control": ("base + v_control", "student"),
+    "sufficiency_teacher": ("base + v_teacher", "teacher"),
+    "necessity_teacher": ("prompted − v_teacher", "prompted"),
+}
+
+
+def intervention_shares(
+    pq: dict[str, Sequence[float]], n_boot: int, seed: int
+) -> dict[str, dict[str, Any]]:
+    """The gains and the sufficiency / necessity shares of the scores in `pq` (name -> per-question
+    trait scores: base, student, teacher, optional control, prompted and the interventions).
+
+    A share divides by a gain, so it is given only when that gain's CI excludes 0
+    (`ratio_or_undefined`); otherwise it says why. The student's shares also need the student's
+    gain beyond the control (CI above 0): a gain that number training alone gives is not the
+    transfer they are meant to explain."""
+    from interp.distill.run import difference
+
+    def diff(a: str, b: str) -> dict[str, float]:
+        return difference(list(pq[a]), list(pq[b]), n_boot=n_boot, seed=seed)
+
+    out: dict[str, dict[str, Any]] = {
+        "student_gain": diff("student", "base"),
+        "teacher_gain": diff("teacher", "base"),
+    }
+    if "control" in pq:
+        out["student_minus_control"] = diff("student", "control")
+    if "prompted" in pq:
+        out["prompted_gain"] = diff("prompted", "base")
+    student_gain: dict[str, Any] | None = out["student_gain"]
+    why_student = "student gain not resolved"
+    if excludes_zero(student_gain) and "control" in pq:
+        why_student = "student gain not resolved beyond the control"
+        if not above_zero(out["student_minus_control"]):
+            student_gain = None
+    gates = {
+        "student": (student_gain, why_student),
+        "teacher": (out["teacher_gain"], "teacher gain not resolved"),
+        "prompted": (out.get("prompted_gain"), "prompted base's gain not resolved"),
+    }
+    for key, (x, ref) in SHARES.items():
+        if x not in pq:
+            continue
+        share = _share(list(pq[x]), list(pq["base"]), list(pq[ref]), n_boot, seed)
+        gain, why = gates[ref]
+        got = ratio_or_undefined(share, gain, why)
+        if not got["defined"]:
+            got = {"share": None, **got}
+        out[key] = {**got, "denominator": f"{ref} gain"}
+    return out
+
+
 # --- trait scores under interventions --------------------------------------------------------
 
 
@@ -209,6 +276,16 @@ def _eval_trait(info: RunInfo):
             offtopic_questions=trait.offtopic_questions[:n],
         )
     return trait
+
+
+def _trait_prompt(name: str) -> str | None:
+    """The trait's own system prompt (left out of the unrelated-trait null), if it has one."""
+    from interp.measure.traits import get_trait
+
+    try:
+        return get_trait(name).system_prompt
+    except SublensError:
+        return None
 
 
 def trait_scores(loaded: LoadedModel, info: RunInfo, teacher: Any = None) -> dict[str, Any]:
@@ -246,7 +323,9 @@ def alignment_entries(results: dict[str, Any], **match: Any) -> list[dict[str, A
     return [e for e in results["alignment"] if all(e.get(k) == v for k, v in match.items())]
 
 
-def _claim(results: dict[str, Any], vec: str, pos: str, layer: int) -> str:
+def alignment_claim(results: dict[str, Any], vec: str, pos: str, layer: int) -> str:
+    """What the student − control comparison supports, from its CI: projections on v̂_teacher
+    (a noisier drift is not called less aligned for its noise)."""
     d = next(
         (
             x
@@ -258,10 +337,19 @@ def _claim(results: dict[str, Any], vec: str, pos: str, layer: int) -> str:
     if d is None:
         return "alignment with v_teacher (no control to compare)"
     if d["ci_low"] > 0:
-        return "student drift points more along v_teacher than the control's"
+        return "the student's drift moves further along v_teacher than the control's"
     if d["ci_high"] < 0:
-        return "the control aligns more than the student"
-    return "no alignment beyond the control"
+        return "the control's drift moves further along v_teacher than the student's"
+    return "no movement along v_teacher beyond the control"
+
+
+def covariance_bounds(results: dict[str, Any], vec: str, pos: str) -> dict[int, float]:
+    """layer -> 95% |cos| bound of random directions with the activations' covariance."""
+    return {
+        c["layer"]: c["empirical_bound"]
+        for c in (results.get("nulls") or {}).get("covariance", [])
+        if c["vector"] == vec and c["positions"] == pos
+    }
 
 
 def write_figures(results: dict[str, Any], out: Path) -> list[str]:
@@ -293,6 +381,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
                     [e["ci_high"] for e in pts],
                     m,
                 )
+            cov = covariance_bounds(results, vec, pos).get(layer)
             for s in (1, -1):
                 ax.axhline(
                     s * bound,
@@ -301,9 +390,19 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
                     lw=1,
                     label="random 95%" if s == 1 else None,
                 )
+                if cov is not None:
+                    ax.axhline(
+                        s * cov,
+                        color="gray",
+                        linestyle="-.",
+                        lw=1,
+                        label="activation-covariance 95%" if s == 1 else None,
+                    )
             ax.set_xlabel("training step")
             ax.set_ylabel(f"cos(v_student, v_teacher) at L{layer}")
-            ax.set_title(f"{vec}, {pos} tokens: {_claim(results, vec, pos, layer)}", fontsize=8)
+            ax.set_title(
+                f"{vec}, {pos} tokens: {alignment_claim(results, vec, pos, layer)}", fontsize=8
+            )
             ax.legend(fontsize=7)
     fig.tight_layout()
     figs.append(save_png(fig, out / "alignment_over_training.png", dpi=110))
@@ -335,6 +434,11 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
                 )
             ax.axhline(bound, color="gray", linestyle=":", lw=1, label="random 95%")
             ax.axhline(-bound, color="gray", linestyle=":", lw=1)
+            cov = sorted(covariance_bounds(results, vec, pos).items())
+            if cov:
+                xs, ys = [x for x, _ in cov], np.array([y for _, y in cov])
+                ax.plot(xs, ys, color="gray", ls="-.", lw=1, label="activation-covariance 95%")
+                ax.plot(xs, -ys, color="gray", ls="-.", lw=1)
             ax.axhline(0, color="black", lw=0.5)
             ax.set_xlabel("layer")
             ax.set_ylabel("cos(v_student, v_teacher)")
@@ -417,6 +521,18 @@ def _gradient_figure(ga: dict[str, Any], out: Path) -> str:
 # --- report section --------------------------------------------------------------------------
 
 
+def p_text(p: float | None, min_p: float | None) -> str:
+    """A p-value with the smallest p its null allows beside it ("p=0.14 (min 0.14)")."""
+    return f"p={fmt_num(p, 3, 'g')} (min {fmt_num(min_p, 2, 'g')})"
+
+
+def share_text(d: dict[str, Any]) -> str:
+    """A share with its CI, or why it is undefined (its gain is not resolved)."""
+    if d.get("defined") is False:
+        return d["undefined"]
+    return ci_of(d, "share")
+
+
 def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(quantity, value [95% CI], what it would mean) rows for the report's headline table."""
     rows = []
@@ -424,6 +540,7 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     for vec, meta in results["vectors"].items():
         layer = meta["headline_layer"]
         for pos in results["config"]["positions"]:
+            cov = covariance_bounds(results, vec, pos).get(layer)
             for m in MODELS:
                 step = results["final_steps"].get(m)
                 e = alignment_entries(
@@ -435,17 +552,36 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                             f"cos(v_{m}, {vec}) L{layer}, {pos} tokens, step {step}",
                             ci_of(e[0], "cosine"),
                             f"alignment of the {m}'s drift; abs(cos) above {bound:.3f} is unlikely "
-                            "for a random direction",
+                            "for a random direction"
+                            + (
+                                f", above {cov:.3f} for one with the activations' covariance"
+                                if cov is not None
+                                else ""
+                            ),
                         )
                     )
+                    if "p_random" in e[0]:
+                        rows.append(
+                            (
+                                f"p, cos(v_{m}, {vec}) vs random directions (L{layer}, {pos})",
+                                f"isotropic {p_text(e[0]['p_random'], e[0]['min_p_random'])}; "
+                                "activation covariance "
+                                f"{p_text(e[0].get('p_covariance'), e[0].get('min_p_covariance'))}",
+                                "small p: this cosine is rare for a random direction (the "
+                                "covariance null draws directions as the activations vary)",
+                            )
+                        )
             for d in results.get("student_minus_control", []):
                 if d["vector"] == vec and d["positions"] == pos and d["layer"] == layer:
                     rows.append(
                         (
-                            f"cos student − cos control ({vec}, L{layer}, {pos})",
-                            ci_of(d, "diff"),
-                            "> 0 with CI above 0: the student turns towards v_teacher beyond what "
-                            "number training alone does",
+                            f"projection on v̂ student − control ({vec}, L{layer}, {pos})",
+                            ci_of(d, "diff", 3, "g"),
+                            "CI above 0: the student's drift moves further along v_teacher than "
+                            "number training alone moves it (projections: not shrunk by either "
+                            "drift's noise); noise-corrected cosines "
+                            f"{fmt_num(d.get('cosine_corrected_a'), 3)} (student) vs "
+                            f"{fmt_num(d.get('cosine_corrected_b'), 3)} (control)",
                         )
                     )
             for u in results.get("unrelated_null", []):
@@ -453,7 +589,8 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     rows.append(
                         (
                             f"z vs unrelated trait vectors ({vec}, L{layer}, {pos})",
-                            f"{fmt_num(u['z'], 2)} (p={fmt_num(u['p_value'], 3)}, n={u['n_null']})",
+                            f"{fmt_num(u['z'], 2)} ({p_text(u['p_value'], u.get('min_p'))}, "
+                            f"n={u['n_null']})",
                             "large z: the drift follows this trait's vector more than other "
                             "traits' vectors (a generic 'system prompt' direction is not enough)",
                         )
@@ -472,7 +609,7 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         for key, meaning in meanings.items():
             if key in d["shares"]:
                 rows.append(
-                    (f"{key} ({vec}, L{d['layer']})", ci_of(d["shares"][key], "share"), meaning)
+                    (f"{key} ({vec}, L{d['layer']})", share_text(d["shares"][key]), meaning)
                 )
     for vec, g in (results.get("gradients") or {}).items():
         rows.append(
@@ -486,6 +623,21 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """What `sublens align` prints: per vector and positions, the student − control projection
+    at the headline layer and what it supports."""
+    lines = []
+    for d in results["student_minus_control"]:
+        layer = results["vectors"][d["vector"]]["headline_layer"]
+        if d["layer"] == layer:
+            lines.append(
+                f"{d['vector']} L{layer} {d['positions']}: projection on v_teacher, student - "
+                f"control {ci_of(d, 'diff', 3, 'g')}: "
+                f"{alignment_claim(results, d['vector'], d['positions'], layer)}"
+            )
+    return lines
+
+
 def render_section(results: dict[str, Any], figure_prefix: str = "", level: int = 2) -> str:
     """Markdown for the alignment analysis; figures linked under `figure_prefix`."""
     h = "#" * level
@@ -497,7 +649,10 @@ def render_section(results: dict[str, Any], figure_prefix: str = "", level: int 
         f"Held-out prompts: {cfg['n_prompts']} numbers prompts ({results['prompts']}); layers "
         f"{cfg['layers']}; positions {', '.join(cfg['positions'])}; 95% percentile bootstrap CIs "
         f"over prompts ({cfg['n_boot']} resamples). Random-direction bound for d_model "
-        f"{rnd['d_model']}: |cos| < {rnd['exact_bound']:.3f} (95%).",
+        f"{rnd['d_model']}: |cos| < {rnd['exact_bound']:.3f} (95%); random directions with the "
+        "held-out activations' covariance have their own bound per layer. Student against "
+        "control compares projections on v̂_teacher (a raw cosine shrinks with its drift's "
+        "noise). Every p is shown with the smallest p its null allows.",
         "",
         *HEADLINE_HEADER,
     ]
@@ -506,7 +661,8 @@ def render_section(results: dict[str, Any], figure_prefix: str = "", level: int 
         headline_rows(results),
         figure_prefix,
         "Curves: student (solid, filled circles, shaded CI) and control (dashed, open squares, "
-        "hatched CI); dotted lines: the 95% bound of a random direction's cosine.",
+        "hatched CI); dotted lines: the 95% bound of a random direction's cosine; dash-dot "
+        "lines: the same for random directions with the activations' covariance.",
     )
     return "\n".join(lines) + "\n"
 
@@ -613,76 +769,73 @@ def run_align(
     t0 = time.perf_counter()
     final = {m: info.final_step(m) for m in MODELS}
     entries, diffs_out = [], []
-    boots: dict[tuple, np.ndarray] = {}
     for vname, v in vecs.items():
         for (m, step, p), pd in drifts.items():
             for layer in layer_list:
                 if layer not in v:
                     continue
-                ci, coss = drift_alignment(pd, v[layer], layer, n_boot, seed)
+                ci, _ = drift_alignment(pd, v[layer], layer, n_boot, seed)
                 entries.append(
                     {"vector": vname, "positions": p, "model": m, "step": step, **ci.to_dict()}
                 )
-                if step == final[m]:
-                    boots[(vname, p, m, layer)] = coss
         if final["control"] is not None:
             for p in positions:
                 for layer in layer_list:
                     if layer not in v:
                         continue
-                    cs = next(
-                        e
-                        for e in entries
-                        if e["vector"] == vname
-                        and e["positions"] == p
-                        and e["model"] == "student"
-                        and e["step"] == final["student"]
-                        and e["layer"] == layer
+                    cmp = compare_drifts(
+                        drifts[("student", final["student"], p)],
+                        drifts[("control", final["control"], p)],
+                        v[layer],
+                        layer,
+                        n_boot,
+                        seed,
+                        LEVEL,
                     )
-                    cc = next(
-                        e
-                        for e in entries
-                        if e["vector"] == vname
-                        and e["positions"] == p
-                        and e["model"] == "control"
-                        and e["step"] == final["control"]
-                        and e["layer"] == layer
-                    )
-                    rep = boots[(vname, p, "student", layer)] - boots[(vname, p, "control", layer)]
-                    lo, hi = percentile_interval(rep, LEVEL)
                     diffs_out.append(
-                        {
-                            "vector": vname,
-                            "positions": p,
-                            "layer": layer,
-                            "steps": dict(final),
-                            "diff": cs["cosine"] - cc["cosine"],
-                            "ci_low": lo,
-                            "ci_high": hi,
-                        }
+                        {"vector": vname, "positions": p, "steps": dict(final), **cmp.to_dict()}
                     )
         else:
             missing.append("control: no checkpoints, so no student − control comparison")
-    rnd = random_cosine_null(loaded.d_model, n=10000, seed=seed)
+    rnd = random_cosine_null(loaded.d_model, n=N_RANDOM_NULL, seed=seed)
     approx, exact = random_cosine_bound(loaded.d_model)
-    for e in entries:
-        if e["step"] == final[e["model"]]:
-            t = null_test(e["cosine"], rnd, "greater")
-            e["p_random"] = t.p_value
+    covariance_out = []
+    for vname, v in vecs.items():
+        for p in positions:
+            for layer in layer_list:
+                if layer not in v:
+                    continue
+                cov = covariance_cosine_null(
+                    base[p].layer(layer), v[layer], n=N_COVARIANCE_NULL, seed=seed
+                )
+                covariance_out.append(
+                    {"vector": vname, "positions": p, "layer": layer, **cov.to_dict()}
+                )
+                for e in entries:
+                    if (e["vector"], e["positions"], e["layer"]) != (vname, p, layer):
+                        continue
+                    if e["step"] != final[e["model"]]:
+                        continue
+                    t_rnd = null_test(e["cosine"], rnd, "greater")
+                    t_cov = null_test(e["cosine"], cov, "greater")
+                    e["p_random"], e["min_p_random"] = t_rnd.p_value, t_rnd.min_p
+                    e["p_covariance"], e["min_p_covariance"] = t_cov.p_value, t_cov.min_p
     timings["alignment_s"] = round(time.perf_counter() - t0, 2)
 
     unrelated_out: list[dict[str, Any]] = []
     unrelated_vecs: dict[str, dict[int, torch.Tensor]] = {}
     if unrelated:
         t0 = time.perf_counter()
-        from interp.measure.traits import BUILTIN_TRAITS
-
-        others = [t for n, t in BUILTIN_TRAITS.items() if n != info.trait and t.system_prompt]
+        t_cfg = info.config.get("teacher") or {}
+        others = unrelated_trait_prompts(
+            exclude=[info.trait],
+            exclude_prompts=[_trait_prompt(info.trait), t_cfg.get("system_prompt")],
+        )
         say(f"[align] unrelated-trait null: diff-of-means vectors of {len(others)} other traits")
         base_last = store.get("base", "last")
-        for t in others:
-            pr = store.get(f"unrelated/{t.name}", "last", system_prompt=t.system_prompt)
-            unrelated_vecs[t.name] = {
+        for name, system_prompt in others.items():
+            pr = store.get(f"unrelated/{name}", "last", system_prompt=system_prompt)
+            unrelated_vecs[name] = {
                 layer: (pr.layer(layer).double().mean(0) - base_last.layer(layer).double().mean(0))
                 for layer in layer_list
             }
@@ -766,6 +919,7 @@ def run_align(
         "student_minus_control": diffs_out,
         "nulls": {
             "random": {**rnd.to_dict(), "analytic_bound": approx, "exact_bound": exact},
+            "covariance": covariance_out,
         },
         "unrelated_null": unrelated_out,
         "interventions": interventions_out,
@@ -792,7 +946,7 @@ def _interventions(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """Sufficiency and necessity of v_student and v_teacher for the trait score."""
-    from interp.distill.run import config_from_dict, difference, make_teacher
+    from interp.distill.run import config_from_dict, make_teacher
     from interp.distill.teachers import Teacher
     from interp.measure.traits import get_trait
 
@@ -824,6 +978,18 @@ def _interventions(
     teacher_s = saved.get("teacher") or _part(
         out, "score-teacher", {**eval_key, "t": info.config.get("teacher")}, teacher_scores
     )
+    control_s = None  # the student's shares need its gain beyond the control
+    c_step = final["control"]
+    if c_step is not None:
+        c_ck = dict(info.checkpoints["control"])[c_step]
+        control = CheckpointModel(loaded, c_ck)
+        control_s = (saved.get("control") or {}).get(str(c_step)) or _part(
+            out,
+            f"score-control-{c_step}",
+            {**eval_key, "ck": str(c_ck)},
+            lambda: trait_scores(control(), info),
+        )
+        control.release()
     trait = get_trait(info.trait)
     results: dict[str, Any] = {}
     for vname, v in vecs.items():
@@ -839,6 +1005,8 @@ def _interventions(
             "v_s": float(v_s.norm()),
         }
         scores: dict[str, Any] = {"base": base_s, "student": student_s, "teacher": teacher_s}
+        if control_s is not None:
+            scores["control"] = control_s
         sv_s = _one_layer_vector(v_s, layer, loaded, "drift")
         scores["base + v_student"] = _part(
             out,
@@ -908,23 +1076,11 @@ def _interventions(
                     ),
                 )
 
-        def pq(name: str, scores: dict[str, Any] = scores) -> list[float]:
-            return scores[name]["trait"]["per_question"]
-
-        def share(x: str, ref: str) -> dict[str, float]:
-            return _share(pq(x), pq("base"), pq(ref), n_boot, seed)
-
-        shares = {
-            "student_gain": difference(pq("student"), pq("base"), n_boot=n_boot, seed=seed),
-            "teacher_gain": difference(pq("teacher"), pq("base"), n_boot=n_boot, seed=seed),
-            "sufficiency_student": share("base + v_student", "student"),
-            "necessity_student": share("student − shift along v_teacher", "student"),
-            "sufficiency_teacher": share("base + v_teacher", "teacher"),
-        }
-        if "base + v_control" in scores:
-            shares["sufficiency_control"] = share("base + v_control", "student")
-        if "prompted − v_teacher" in scores:
-            shares["necessity_teacher"] = share("prompted − v_teacher", "prompted")
+        shares = intervention_shares(
+            {k: s["trait"]["per_question"] for k, s in scores.items() if s is not None},
+            n_boot,
+            seed,
+        )
         gates = {
             k: all(s[c] is None or s[c]["mean"] <= 0.10 for c in ("negative", "offtopic"))
             for k, s in scores.items()
@@ -940,7 +1096,9 @@ def _interventions(
             "definitions": {
                 "share": "(tau(X) - tau(M0)) / (tau(reference) - tau(M0)), paired bootstrap over "
                 "questions; reference = student for the student tests, teacher (or the prompted "
-                "base for necessity_teacher) for the teacher tests",
+                "base for necessity_teacher) for the teacher tests; undefined unless the "
+                "reference's gain over M0 has a CI excluding 0 (and, for the student tests, the "
+                "student's gain beyond the control a CI above 0)",
                 "student − shift along v_teacher": "h - (v_student · v̂_teacher) v̂_teacher at "
                 "every position: the student's mean component along v̂ set back to the base's",
             },

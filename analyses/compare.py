@@ -103,7 +103,10 @@ def _row(res: dict[str, Any]) -> dict[str, Any]:
                     {
                         "available": True,
                         "transfer_ratio": d["transfer_ratio"],
-                        "reduction": d["reduction"],
+                        "student_minus_control": d.get("student_minus_control"),
+                        "gain_reduction": d.get("gain_reduction"),
+                        "gain_reduction_p_holm": d.get("gain_reduction_p_holm"),
+                        "effective": d.get("effective"),
                         "task_cost": d["task_cost"],
                         "ppl_cost": d["ppl_cost"],
                     }
@@ -250,7 +253,8 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def _defend_section(runs: list[dict[str, Any]]) -> list[str]:
-    """Defenses × models: transfer ratio, reduction vs none and the two costs per cell."""
+    """Defenses × models: the student's gain beyond its control, its reduction vs none (what
+    `sublens defend` ranks on, Holm across defenses) and the two costs per cell."""
     if not runs:
         return []
     names = list(dict.fromkeys(n for r in runs for n in r["per_defense"]))
@@ -259,7 +263,8 @@ def _defend_section(runs: list[dict[str, Any]]) -> list[str]:
         "",
         "| defense | "
         + " | ".join(
-            f"{r['model']} ({r['trait']}): ratio / reduction / task, ppl cost" for r in runs
+            f"{r['model']} ({r['trait']}): τS − τC / its reduction (Holm p) / task, ppl cost"
+            for r in runs
         )
         + " |",
         "|---|" + "---|" * len(runs),
@@ -273,13 +278,22 @@ def _defend_section(runs: list[dict[str, Any]]) -> list[str]:
             elif not d["available"]:
                 cells.append("not available")
             else:
-                red = "—" if n == "none" else fmt_ci(d["reduction"])
+                red = "—" if n == "none" else _reduction(d)
                 tc, pc = d["task_cost"], d["ppl_cost"]
                 cost = "—" if n == "none" else f"{fmt_num(tc, 1, '+%')}, {fmt_num(pc, 1, '+%')}"
-                cells.append(f"{fmt_ci(d['transfer_ratio'])} / {red} / {cost}")
+                cells.append(f"{fmt_ci(d.get('student_minus_control'))} / {red} / {cost}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", *[f"- {r['model']}: {r['recommendation']}" for r in runs], ""]
     return lines
+
+
+def _reduction(d: dict[str, Any]) -> str:
+    """A defense's reduction of the gain beyond the control with its Holm p ("–" for a study
+    written before defend ranked on it)."""
+    if d.get("gain_reduction") is None:
+        return "–"
+    mark = ", effective" if d.get("effective") else ""
+    return f"{fmt_ci(d['gain_reduction'])} (Holm p={fmt(d.get('gain_reduction_p_holm'), 2)}{mark})"
 
 
 def _as_value(d: dict[str, Any] | None, key: str) -> dict[str, Any] | None:

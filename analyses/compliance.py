@@ -14,8 +14,10 @@ transfer claim never hangs on a judge alone:
 
 The teacher is scored in its own context (trait prompt and/or steering hooks, as it generated
 the data). Per study point, and for a run, the transfer ratio (S − M0) / (T − M0) and the share
-beyond the control (S − C) / (T − M0) for each scorer, with CIs from a bootstrap over prompts
-(and seeds, when a point has several), paired across roles (`analyses.studies`).
+beyond the control (S − C) / (T − M0) for each scorer, with CIs from a bootstrap over seeds, then
+prompts, paired across roles (`analyses.studies`). A ratio is shown only when the teacher's gain
+on that scorer is resolved (`analyses.studies.gate_ratios`); a point with one seed is reported
+with `verdicts.ONE_SEED_NOTE`.
 
 Layout: ``DIR/compliance/roles/{role}-{key}.json`` (one cache file per scored model and
 settings: the sampled answers, per-prompt values, judge scores by judge name; a rerun reuses
@@ -55,10 +57,11 @@ from interp.measure.refusal import (
     is_refusal,
     load_prompts,
 )
+from interp.measure.verdicts import seed_note
 
 from .reporting import provenance
 from .runs import final_checkpoint, run_config
-from .studies import excludes_zero, fmt_ci, resample_counts, summarise_point
+from .studies import fmt_ci, gate_ratios, resample_counts, summarise_point
 
 ROLES = ("base", "teacher", "student", "control")
 HARMLESS_SOURCE = "built-in general questions (interp.measure.trait_sets.GENERAL_QUESTIONS)"
@@ -612,6 +615,7 @@ def _summarise(
                 for role in ROLES
             }
             stats, _ = summarise_point(arrays, cs, cq)
+            stats = gate_ratios(stats)
             scores[s] = {role: stats[f"tau_{role}"] for role in ROLES}
             ratios[s] = {
                 k: stats[k]
@@ -719,22 +723,22 @@ def render_report(results: dict[str, Any]) -> str:
     ]
     for p in results["points"]:
         for s in results["scorers"]:
-            r = p["ratios"][s]
-            flag = "" if excludes_zero(r["teacher_gain"]) else " (T − M0 unresolved)"
+            r = gate_ratios(p["ratios"][s])
             lines.append(
-                f"| {p['point']} | {s} | {fmt_ci(r['transfer_ratio'])}{flag} | "
-                f"{fmt_ci(r['transfer_ratio_vs_control'])}{flag} | {fmt_ci(r['teacher_gain'])} | "
+                f"| {p['point']} | {s} | {fmt_ci(r['transfer_ratio'])} | "
+                f"{fmt_ci(r['transfer_ratio_vs_control'])} | {fmt_ci(r['teacher_gain'])} | "
                 f"{fmt_ci(r['student_minus_control'])} |"
             )
+    lines += _seed_lines(results)
     lines += _ceiling_lines(results)
     lines += [
         "",
         "How to read it: phrase and judge rise with compliance, the projection falls (less "
         "refusal), so a ratio near 1 means the student moved as far as the teacher on that "
         "scorer and near 0 not at all; the ratios are sign-free. A ratio is undefined where "
-        "the teacher does not differ from the base (T − M0 ≈ 0, e.g. alpha 0). Transfer claimed "
-        "by one scorer only is a property of that scorer; the phrase list and the direction "
-        "need no judge.",
+        "the teacher's gain T − M0 is not resolved (its CI includes 0, e.g. alpha 0). Transfer "
+        "claimed by one scorer only is a property of that scorer; the phrase list and the "
+        "direction need no judge.",
         "",
         "## Example answers",
         "",
@@ -753,16 +757,23 @@ def render_report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seed_lines(results: dict[str, Any]) -> list[str]:
+    """The one-seed note, naming the points it applies to in a study."""
+    one = [p["point"] for p in results["points"] if seed_note(len(p.get("seeds") or [0]))]
+    if not one:
+        return []
+    where = f" (points {', '.join(one)})" if results.get("kind") == "study" else ""
+    return ["", f"**{seed_note(1)}**{where}."]
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """What `sublens eval compliance` prints: per point and scorer, each role's compliance and
-    the transfer ratio (flagged when the teacher's gain is unresolved)."""
+    the transfer ratio (or why it is undefined), then the one-seed note where it applies."""
     lines = []
     for p in results["points"]:
         for s in results["scorers"]:
-            sc, r = p["scores"][s], p["ratios"][s]["transfer_ratio"]["value"]
+            sc = p["scores"][s]
+            r = gate_ratios(p["ratios"][s])["transfer_ratio"]
             vals = "  ".join(f"{role} {sc[role]['value']:.4g}" for role in sc)
-            ratio = "undefined" if r is None else f"{r:.3f}"
-            if r is not None and not excludes_zero(p["ratios"][s]["teacher_gain"]):
-                ratio += " (teacher − base unresolved)"
-            lines.append(f"{p['point']} {s}: {vals}  ratio {ratio}")
-    return lines
+            lines.append(f"{p['point']} {s}: {vals}  ratio {fmt_ci(r)}")
+    return lines + [ln.replace("**", "") for ln in _seed_lines(results) if ln]

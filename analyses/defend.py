@@ -8,10 +8,16 @@ other defenses' runs (`analyses.studies.prefill_point`), so the teacher samples 
 Each defended run trains its own control the same way (same defense), as `sublens distill run`
 does, except drop-flagged, which leaves the control's data alone and so shares `none`'s control.
 
-Per defense: the transfer ratio ``(τS − τM0) / (τT − τM0)`` with a 95% bootstrap CI over seeds
-and questions, and its reduction vs `none` (``ratio_none − ratio_defense``) from the *same*
-replicates (paired: every run is scored on the same questions and shares base and teacher per
-seed). Costs, so that a defense that stops transfer by stopping learning shows as such:
+Per defense: the student's gain beyond its control ``τS − τC`` with a 95% bootstrap CI over seeds
+and questions, and its reduction vs `none` (``(τS − τC)_none − (τS − τC)_defense``) from the
+*same* replicates (paired: every run is scored on the same questions and shares base and teacher
+per seed). That reduction ranks the defenses: the student's gain over the *base* is mostly number
+training (the control gains it too), so a defense that only slows learning would rank high on
+it. Each reduction has a one-sided bootstrap p (`verdicts.bootstrap_p`), and a defense counts as
+effective only when Holm's correction across the defenses rejects at 0.025 (for one defense:
+its 95% CI lies above 0). The transfer ratio ``(τS − τM0) / (τT − τM0)`` (and the one beyond the
+control) is shown only when the teacher's gain is resolved (`studies.gate_ratio`). Costs, so that
+a defense that stops transfer by stopping learning shows as such:
 
 - task loss: the student's mean per-token NLL on held-out clean benign rows (a fresh set the base
   writes for prompts no run trains on, ``OUT/heldout/benign.jsonl``), as a difference to the
@@ -19,11 +25,11 @@ seed). Costs, so that a defense that stops transfer by stopping learning shows a
 - perplexity on held-out English (`interp.detect.costs.HELDOUT_TEXT`), student minus base;
 - the final training loss (mean of the last 10% of steps) and the first step's loss.
 
-A one-line recommendation is derived from these numbers: the defense with the largest reduction
-whose CI excludes 0, whose task loss and perplexity exceed the undefended student's by at most
-`max_task_cost` / `max_ppl_cost` (relative) and whose training loss (same objective) came within
-20% of `none`'s; or why there is none (no transfer to defend against, no reduction beyond noise,
-or none of the effective ones is cheap).
+A one-line recommendation is derived from these numbers: among the effective defenses, the one
+with the largest reduction whose task loss and perplexity exceed the undefended student's by at
+most `max_task_cost` / `max_ppl_cost` (relative) and whose training loss (same objective) came
+within 20% of `none`'s; or why there is none (no gain beyond the control to defend against, no
+reduction beyond noise after Holm, or none of the effective ones is cheap).
 """
 
 from __future__ import annotations
@@ -51,6 +57,15 @@ from interp.core.io import (
 from interp.core.parse import parse_names
 from interp.detect.defenses import DEFENSES
 from interp.distill.config import Overrides, RunConfig
+from interp.measure.verdicts import (
+    above_zero,
+    bootstrap_p,
+    excludes_zero,
+    holm,
+    min_attainable_p,
+    permutations_for,
+    seed_note,
+)
 
 from .optimizer_ablation import DEFAULT_LRS, within
 from .studies import (
@@ -58,6 +73,7 @@ from .studies import (
     final_loss,
     fmt,
     fmt_ci,
+    gate_ratio,
     interval,
     point_config,
     prefill_point,
@@ -77,6 +93,7 @@ NO_INIT = (
 HELDOUT_SEED = 10_007  # prompts of the held-out benign rows (no training seed draws these)
 DATA_PARTS = ("data", "targets")
 LOSS_TOLERANCE = 0.2  # relative gap to none's final loss still called "trained as far"
+LEVEL = 0.95  # CIs; a reduction is tested one-sided at (1 - LEVEL) / 2, Holm across defenses
 
 
 def parse_defenses(spec: str | list[str]) -> list[str]:
@@ -272,7 +289,7 @@ def run_defend(
     config_path: str | Path | None = None,
     overrides: Overrides | Mapping[str, Any] | None = None,
     preset: str = "quick",
-    seeds: int | list[int] = 1,
+    seeds: int | list[int] = 3,
     vectors: str | Path | list[str | Path] | None = None,
     sgd_lr: float | None = None,
     mask_q: float = 0.2,
@@ -525,6 +542,14 @@ def summarise_defenses(
             st["transfer_ratio_vs_control"]["value"],
         )
         red_vc_r = reps["none"]["transfer_ratio_vs_control"] - reps[n]["transfer_ratio_vs_control"]
+        # the ranking statistic: how much of the gain beyond the control the defense removed
+        gr_p = _sub(
+            stats["none"]["student_minus_control"]["value"], st["student_minus_control"]["value"]
+        )
+        gr_r = reps["none"]["student_minus_control"] - reps[n]["student_minus_control"]
+        # a ratio (and a difference of ratios) divides by the teacher's gain: only when resolved
+        gains = (stats["none"]["teacher_gain"], st["teacher_gain"])
+        gain = gains[1] if all(excludes_zero(g) for g in gains) else None
         tp, tr = task[n]
         np_, nr = task["none"]
         xp, xr = textn[n]
@@ -534,9 +559,17 @@ def summarise_defenses(
             "available": True,
             "description": DEFENSES[n],
             **st,
-            "reduction": interval(red_p, red_r),
-            "reduction_vs_control": interval(red_vc_p, red_vc_r),
-            "per_seed_ratio": [r["headline"]["transfer_ratio_student"]["ratio"] for r in runs[n]],
+            "transfer_ratio": gate_ratio(st["transfer_ratio"], st["teacher_gain"]),
+            "transfer_ratio_vs_control": gate_ratio(
+                st["transfer_ratio_vs_control"], st["teacher_gain"]
+            ),
+            "reduction": gate_ratio(interval(red_p, red_r), gain),
+            "reduction_vs_control": gate_ratio(interval(red_vc_p, red_vc_r), gain),
+            "gain_reduction": interval(gr_p, gr_r),
+            "gain_reduction_p": None if n == "none" else bootstrap_p(gr_r),
+            "per_seed_ratio": [
+                (r["headline"].get("transfer_ratio_student") or {}).get("ratio") for r in runs[n]
+            ],
             "task_nll": interval(tp, tr),
             "task_nll_minus_none": interval(tp - np_, tr - nr),
             "task_nll_minus_base": interval(tp - base_task[0], tr - base_task[1]),
@@ -568,7 +601,22 @@ def summarise_defenses(
         if n != "none" and same and not r["loss_matched"]:
             r["note"] += f"; final loss not within {LOSS_TOLERANCE:.0%} of none's ({fmt(ref, 4)})"
     first = runs["none"][0]
+    rank_defenses(table)
+    k = sum(1 for n in avail if n != "none")
+    alpha = (1 - LEVEL) / 2
+    reach = None
+    if k and min_attainable_p(n_boot) > alpha / k:
+        reach = (
+            f"{n_boot} bootstrap replicates give p >= {min_attainable_p(n_boot):.2g}, above the "
+            f"Holm level {alpha / k:.2g} of the smallest p over {k} defenses: no defense can count "
+            f"as effective; use --n-boot {permutations_for(alpha / k, margin=1.0)} or more"
+        )
     rec = recommend(table, max_task_cost, max_ppl_cost)
+    if reach:
+        rec = f"{rec} ({reach}.)"
+    note = seed_note(int(n_seeds))
+    if note:
+        rec = f"{rec} ({note}.)"
     return {
         "analysis": "defend",
         "model": first["config"]["model"],
@@ -577,6 +625,10 @@ def summarise_defenses(
         "n_seeds": int(n_seeds),
         "ci": "95% percentile bootstrap over seeds (when several) and questions; reductions and "
         "cost differences use the same replicates for both defenses (paired)",
+        "seed_note": note,
+        "ranking": "reduction of the student's gain beyond its control, (τS − τC)_none − "
+        "(τS − τC)_defense; one-sided bootstrap p, Holm across defenses at "
+        f"{(1 - LEVEL) / 2:g}",
         "base_costs": {
             "task_nll": interval(*base_task),
             "perplexity": interval(float(ppl(base_text[0])), ppl(base_text[1])),
@@ -636,24 +688,45 @@ def _note_text(name: str, notes: list[dict[str, Any]]) -> str:
     return ""
 
 
-def recommend(table: dict[str, Any], max_task_cost: float, max_ppl_cost: float) -> str:
-    """The one-line recommendation the numbers support."""
-    none = table["none"]["transfer_ratio"]
-    if none["ci_low"] is None or none["ci_low"] <= 0:
-        return (
-            f"The undefended run shows no transfer to defend against (ratio {fmt_ci(none)}, its "
-            "CI not above 0): no defense can be judged on this setting."
-        )
-    cands = [
+def rank_defenses(table: dict[str, Any], level: float = LEVEL) -> list[str]:
+    """Holm across the defenses' one-sided p-values of the gain reduction (at (1 − level) / 2):
+    marks each row's ``gain_reduction_p_holm`` and ``effective`` in place and returns the
+    effective defenses, largest reduction first. k defenses are k tests: one p below 0.025 among
+    several is not enough."""
+    names = [
         n
         for n, r in table.items()
-        if n != "none"
-        and r.get("available")
-        and r["reduction"]["ci_low"] is not None
-        and r["reduction"]["ci_low"] > 0
+        if n != "none" and r.get("available") and r.get("gain_reduction_p") is not None
     ]
+    tests = holm([table[n]["gain_reduction_p"] for n in names], (1 - level) / 2)
+    for n, t in zip(names, tests, strict=True):
+        r = table[n]
+        r["gain_reduction_p_holm"] = t["p_holm"]
+        r["effective"] = bool(t["rejected"] and (r["gain_reduction"]["value"] or 0) > 0)
+    effective = [n for n in names if table[n]["effective"]]
+    return sorted(effective, key=lambda n: -table[n]["gain_reduction"]["value"])
+
+
+def _p_text(r: dict[str, Any]) -> str:
+    return f"Holm p={fmt(r.get('gain_reduction_p_holm'), 2)}"
+
+
+def recommend(table: dict[str, Any], max_task_cost: float, max_ppl_cost: float) -> str:
+    """The one-line recommendation the numbers support: ranked on the reduction of the student's
+    gain beyond its control, effective only after Holm across the defenses."""
+    none = table["none"]["student_minus_control"]
+    if not above_zero(none):
+        return (
+            f"The undefended run shows no transfer to defend against (student − control "
+            f"{fmt_ci(none)}, its CI not above 0): no defense can be judged on this setting."
+        )
+    cands = rank_defenses(table)
     if not cands:
-        return "No defense reduced transfer beyond noise (every reduction's 95% CI includes 0)."
+        k = sum(1 for n, r in table.items() if n != "none" and "gain_reduction_p_holm" in r)
+        return (
+            "No defense reduced transfer beyond noise: no reduction of the student's gain beyond "
+            f"its control survives Holm's correction across {k} defense(s)."
+        )
 
     def cheap(n: str) -> bool:
         r = table[n]
@@ -668,17 +741,18 @@ def recommend(table: dict[str, Any], max_task_cost: float, max_ppl_cost: float) 
         )
 
     ok = [n for n in cands if cheap(n)]
-    pick = max(ok or cands, key=lambda n: table[n]["reduction"]["value"])
+    pick = (ok or cands)[0]
     r = table[pick]
     cost = f"task loss {r['task_cost']:+.1%}, perplexity {r['ppl_cost']:+.1%} vs undefended"
+    cut = f"{fmt_ci(r['gain_reduction'])} ({_p_text(r)})"
     if ok:
         return (
-            f"Use {pick}: it cut the transfer ratio by {fmt_ci(r['reduction'])} at a cost of "
+            f"Use {pick}: it cut the student's gain beyond its control by {cut} at a cost of "
             f"{cost} (thresholds {max_task_cost:.0%} / {max_ppl_cost:.0%})."
         )
     untrained = "; its training loss stayed above none's" if r.get("loss_matched") is False else ""
     return (
-        f"{pick} reduced transfer most ({fmt_ci(r['reduction'])}) but is not cheap ({cost}"
+        f"{pick} reduced the gain beyond the control most ({cut}) but is not cheap ({cost}"
         f"{untrained}): no defense here is both effective and cheap."
     )
 
@@ -694,16 +768,17 @@ HATCHES = ("", "//", "..", "xx", "\\\\", "--", "++", "oo")
 
 
 def write_figure(results: dict[str, Any], out: Path) -> list[str]:
-    """Bars of the transfer ratio (95% CI) per defense and of the two costs; title: the claim."""
+    """Bars of the student's gain beyond its control (95% CI: the ranked quantity, needing no
+    teacher gain) per defense and of the two costs; title: the claim."""
     plt = pyplot()
 
     table = results["defenses"]
     names = [n for n in results["order"] if table[n].get("available")]
     xs = np.arange(len(names))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ys = np.array([_nan(table[n]["transfer_ratio"]["value"]) for n in names])
-    lo = np.array([_nan(table[n]["transfer_ratio"]["ci_low"]) for n in names])
-    hi = np.array([_nan(table[n]["transfer_ratio"]["ci_high"]) for n in names])
+    ys = np.array([_nan(table[n]["student_minus_control"]["value"]) for n in names])
+    lo = np.array([_nan(table[n]["student_minus_control"]["ci_low"]) for n in names])
+    hi = np.array([_nan(table[n]["student_minus_control"]["ci_high"]) for n in names])
     for i, n in enumerate(names):
         ax.bar(
             xs[i],
@@ -722,7 +797,7 @@ def write_figure(results: dict[str, Any], out: Path) -> list[str]:
     )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(xs, names, rotation=20, fontsize=8)
-    ax.set_ylabel("transfer ratio (τS − τM0)/(τT − τM0), 95% CI")
+    ax.set_ylabel("student − control gain τS − τC, 95% CI")
     missing = [n for n in results["order"] if not table[n].get("available")]
     if missing:
         ax.set_xlabel("not run: " + ", ".join(missing), fontsize=7)
@@ -753,21 +828,29 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)[:3])
 
 
+def gain_reduction_text(r: dict[str, Any]) -> str:
+    """A defense's reduction of the gain beyond the control, its Holm p and whether it counts."""
+    if r.get("gain_reduction_p_holm") is None:
+        return "—"
+    mark = "effective" if r.get("effective") else "not resolved"
+    return f"{fmt_ci(r['gain_reduction'])} ({_p_text(r)}, {mark})"
+
+
 def render_table(results: dict[str, Any]) -> str:
-    """The one table: defense × model × trait with ratio, reduction, costs and final loss."""
+    """The one table: defense × model × trait with the gain beyond the control and its reduction
+    (the ranking), the transfer ratio, costs and final loss."""
     lines = [
-        "| defense | model | trait | transfer ratio [95% CI] | reduction vs none [95% CI] | "
-        "task-loss Δ vs none [95% CI] | perplexity Δ vs base [95% CI] | final loss (first → "
-        "last) | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| defense | model | trait | τS − τC [95% CI] | reduction of τS − τC vs none [95% CI] | "
+        "transfer ratio [95% CI] | task-loss Δ vs none [95% CI] | perplexity Δ vs base [95% CI] "
+        "| final loss (first → last) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in results["order"]:
         r = results["defenses"][n]
         head = f"| {n} | {results['model']} | {results['trait']} |"
         if not r.get("available"):
-            lines.append(f"{head} – | – | – | – | – | {r['note']} |")
+            lines.append(f"{head} – | – | – | – | – | – | {r['note']} |")
             continue
-        red = "—" if n == "none" else fmt_ci(r["reduction"])
         task = (
             "—"
             if n == "none"
@@ -775,9 +858,9 @@ def render_table(results: dict[str, Any]) -> str:
         )
         fl = r["final_loss"]
         lines.append(
-            f"{head} {fmt_ci(r['transfer_ratio'])} | {red} | {task} | "
-            f"{fmt_ci(r['perplexity_minus_base'])} | {fmt(fl['first'], 4)} → "
-            f"{fmt(fl['mean'], 4)} | {r['note']} |"
+            f"{head} {fmt_ci(r['student_minus_control'])} | {gain_reduction_text(r)} | "
+            f"{fmt_ci(r['transfer_ratio'])} | {task} | {fmt_ci(r['perplexity_minus_base'])} | "
+            f"{fmt(fl['first'], 4)} → {fmt(fl['mean'], 4)} | {r['note']} |"
         )
     lines += ["", f"**Recommendation:** {results['recommendation']}"]
     return "\n".join(lines)
@@ -797,15 +880,22 @@ def render_report(results: dict[str, Any], prefix: str = "") -> str:
         f"{rc.get('train', {}).get('objective', '?')}, "
         f"{rc.get('train', {}).get('max_steps') or 'epoch-based'} steps; seeds "
         f"{cfg.get('seeds')}; preset `{cfg.get('preset')}`; {results['n_questions']} questions. "
-        f"CIs: {results['ci']}.",
+        f"CIs: {results['ci']}."
+        + (f" {results['seed_note']}." if results.get("seed_note") else ""),
         "",
         f"**Recommendation:** {results['recommendation']}",
         "",
         render_table(results).rsplit("\n\n**Recommendation", 1)[0],
         "",
-        "How to read it: the transfer ratio is the share of the teacher's trait gain the student "
-        "shows (0: none, 1: all). The reduction is `ratio(none) − ratio(defense)`: a CI above 0 "
-        "means the defense removed transfer beyond noise. Task-loss Δ is the student's mean "
+        "How to read it: τS − τC is the student's trait gain beyond its control (trained the "
+        "same way on the base's own numbers), the transfer that number training alone does not "
+        "explain. The defenses are ranked on its reduction, `(τS − τC)_none − "
+        "(τS − τC)_defense`: a defense is effective when the one-sided bootstrap p of that "
+        "reduction survives Holm's correction across the defenses at 0.025 (one defense: its "
+        "95% CI lies above 0). The reduction against the base (`ratio(none) − ratio(defense)`) "
+        "does not rank: the gain over the base is mostly number training. The transfer ratio is "
+        "the share of the teacher's trait gain the student shows (0: none, 1: all), shown only "
+        "when the teacher's gain is resolved. Task-loss Δ is the student's mean "
         "per-token NLL on held-out clean benign rows minus the undefended student's (in nats; "
         "the share in brackets), perplexity Δ the student's perplexity on held-out English minus "
         f"the base's (base: task NLL {fmt_ci(bc['task_nll'])}, perplexity "
@@ -817,8 +907,8 @@ def render_report(results: dict[str, Any], prefix: str = "") -> str:
         "",
         "## Details",
         "",
-        "| defense | ratio beyond control [95% CI] | reduction beyond control | τS − τC | task "
-        "NLL | perplexity | per-seed ratios |",
+        "| defense | ratio beyond control [95% CI] | its reduction vs none | ratio reduction vs "
+        "none (not ranked) | task NLL | perplexity | per-seed ratios |",
         "|---|---|---|---|---|---|---|",
     ]
     for n in results["order"]:
@@ -828,7 +918,7 @@ def render_report(results: dict[str, Any], prefix: str = "") -> str:
         lines.append(
             f"| {n} | {fmt_ci(r['transfer_ratio_vs_control'])} | "
             f"{'—' if n == 'none' else fmt_ci(r['reduction_vs_control'])} | "
-            f"{fmt_ci(r['student_minus_control'])} | {fmt_ci(r['task_nll'])} | "
+            f"{'—' if n == 'none' else fmt_ci(r['reduction'])} | {fmt_ci(r['task_nll'])} | "
             f"{fmt_ci(r['perplexity'])} | {', '.join(fmt(x) for x in r['per_seed_ratio'])} |"
         )
     lines += [
@@ -863,7 +953,8 @@ def find_defend(run: str | Path) -> Path | None:
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    """What `sublens defend` prints: per defense its ratio, reduction and costs; the advice."""
+    """What `sublens defend` prints: per defense its gain beyond the control, that gain's
+    reduction (the ranking), the ratio and costs; the advice."""
     lines = []
     for name in results["order"]:
         r = results["defenses"][name]
@@ -871,8 +962,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             lines.append(f"{name}: {r['note']}")
             continue
         lines.append(
-            f"{name}: ratio {fmt_ci(r['transfer_ratio'])}  reduction "
-            f"{'-' if name == 'none' else fmt_ci(r['reduction'])}  task-loss Δ "
+            f"{name}: student - control {fmt_ci(r['student_minus_control'])}  its reduction "
+            f"{gain_reduction_text(r)}  ratio {fmt_ci(r['transfer_ratio'])}  task-loss Δ "
             f"{fmt_ci(r['task_nll_minus_none'])}  perplexity Δ vs base "
             f"{fmt_ci(r['perplexity_minus_base'])}"
         )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from analyses.approximability import ApproxConfig, run_approximability
+from analyses.distill import gain_verdict, ratio_text
 from analyses.distill import write_report as write_distill_report
 from analyses.reporting import output_dir
 from interp.core.io import write_json
@@ -165,9 +166,8 @@ def run_demo(
         + ", ".join(f"{n} {approx['traits'][n]['verdict']}" for n in approx["ranking"]),
         f"owl score: base {h['tau_base']['mean']:.4f}, teacher {h['tau_teacher']['mean']:.4f}, "
         f"student {h['tau_student']['mean']:.4f}, control {h['tau_control']['mean']:.4f}",
-        "transfer ratio (student) {ratio:.3f} [{ci_low:.3f}, {ci_high:.3f}]".format(
-            **h["transfer_ratio_student"]
-        ),
+        f"transfer ratio (student) {ratio_text(h, 'transfer_ratio_student')}",
+        f"student − control: {gain_verdict(h.get('student_minus_control') or {})}",
         f"total {timings['total_s']:.0f} s",
     ]
     demo = {

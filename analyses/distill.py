@@ -1,4 +1,10 @@
-"""Figures and report of a distillation run (`interp.distill.run` computes, this draws)."""
+"""Figures and report of a distillation run (`interp.distill.run` computes, this draws).
+
+A run is one training seed: its CIs are over questions only, so every report and summary says
+`verdicts.ONE_SEED_NOTE` and never calls a gain "transferred" (`verdicts.transfer_word`); a
+ratio over the teacher's gain is printed only when that gain is resolved
+(`verdicts.ratio_or_undefined`, applied again here so an older results.json reads the same).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,39 @@ from typing import Any
 from analyses.figures import ci_of, pyplot, save_png
 from analyses.reporting import timings_line
 from interp.core.io import write_text
-from interp.distill.run import RunConfig, run_distillation
+from interp.distill.run import TEACHER_GAIN_UNRESOLVED, RunConfig, run_distillation
+from interp.measure.verdicts import (
+    ONE_SEED_NOTE,
+    above_zero,
+    ratio_or_undefined,
+    transfer_word,
+)
 
 
 def _ci(d: dict[str, Any], key: str = "mean", nd: int = 4) -> str:
     # fixed-point, or 2 significant digits when every number would print as zero (owl
     # probabilities of 3e-5), so a tiny trait score never reads 0.0000
     return ci_of(d, key, nd, "auto")
+
+
+def ratio_entry(h: dict[str, Any], key: str) -> dict[str, Any]:
+    """The headline ratio `key`, undefined unless the teacher's gain is resolved."""
+    return ratio_or_undefined(h.get(key), h.get("teacher_gain"), TEACHER_GAIN_UNRESOLVED)
+
+
+def ratio_text(h: dict[str, Any], key: str, nd: int = 3) -> str:
+    """``x [lo, hi]`` of a headline ratio, or why it is undefined."""
+    r = ratio_entry(h, key)
+    return _ci(r, "ratio", nd) if r["defined"] else r["undefined"]
+
+
+def gain_verdict(d: dict[str, Any], n_seeds: int = 1) -> str:
+    """What tau(S) − tau(C) says: "transferred" only over at least two seeds
+    (`verdicts.transfer_word`); a run is one seed."""
+    hi = d.get("ci_high")
+    if hi is not None and hi < 0:
+        return "the student shows *less* of the trait than the control"
+    return transfer_word(n_seeds, above_zero(d))
 
 
 def write_figures(results: dict[str, Any], out: Path) -> list[str]:
@@ -106,7 +138,7 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
         f"student trained with {cfg['train']['objective']} / {cfg['train']['optimizer']} "
         f"(lr {cfg['train']['lr']}, LoRA rank {cfg['train']['lora_rank']}), seed {cfg['seed']}. "
         f"Trait scores: logprob score over {results['n_questions']} questions, 95% bootstrap CIs "
-        "over questions.",
+        f"over questions. **{ONE_SEED_NOTE}.**",
         "",
         "| quantity | value [95% CI] | what it means |",
         "|---|---|---|",
@@ -119,29 +151,22 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
         lines.append(f"| tau(control) | {_ci(h['tau_control'])} | after training on base data |")
     if "transfer_ratio_student" in h:
         lines.append(
-            f"| transfer ratio (student) | {_ci(h['transfer_ratio_student'], 'ratio', 3)} | "
+            f"| transfer ratio (student) | {ratio_text(h, 'transfer_ratio_student')} | "
             "share of the teacher's gain the student shows (0 = none, 1 = all) |"
         )
     if "transfer_ratio_control" in h:
         lines.append(
-            f"| transfer ratio (control) | {_ci(h['transfer_ratio_control'], 'ratio', 3)} | "
+            f"| transfer ratio (control) | {ratio_text(h, 'transfer_ratio_control')} | "
             "the same for the control: drift from number training alone |"
         )
     if "transfer_ratio_vs_control" in h:
-        r = h["transfer_ratio_vs_control"]
         lines.append(
-            f"| (tau(S) − tau(C)) / (tau(T) − tau(M0)) | {_ci(r, 'ratio', 3)} | "
-            "transfer beyond the control: the subliminal part |"
+            f"| (tau(S) − tau(C)) / (tau(T) − tau(M0)) | "
+            f"{ratio_text(h, 'transfer_ratio_vs_control')} | "
+            "the share beyond the control: the subliminal part |"
         )
         d = h["student_minus_control"]
-        verdict = (
-            "the student shows more of the trait than the control"
-            if d["ci_low"] > 0
-            else "no difference from the control distinguishable at this size"
-            if d["ci_low"] <= 0 <= d["ci_high"]
-            else "the student shows *less* of the trait than the control"
-        )
-        lines.append(f"| tau(S) − tau(C) | {_ci(d, 'diff')} | {verdict} |")
+        lines.append(f"| tau(S) − tau(C) | {_ci(d, 'diff')} | {gain_verdict(d)} |")
     warn = control_caveat(results)
     if warn:
         lines += ["", f"**Caveat.** {warn}"]
@@ -156,8 +181,8 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
         "",
         "Left: trait score of the student (trained on the teacher's data) and the control "
         "(trained identically on the base model's data) at each checkpoint, against the base and "
-        "teacher levels. Transfer shows as the student rising above the control, not merely above "
-        "the base. Right: training loss of both.",
+        "teacher levels. A gain from the teacher shows as the student rising above the control, "
+        "not merely above the base. Right: training loss of both.",
         "",
         timings_line(results),
     ]
@@ -180,11 +205,17 @@ def write_report(results: dict[str, Any]) -> Path:
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    """What `sublens distill run` prints: the four trait scores and the transfer ratio."""
+    """What `sublens distill run` prints: the four trait scores, the transfer ratio (or why it
+    is undefined), student − control in words, and the one-seed note."""
     h = results["headline"]
-    r = h["transfer_ratio_student"]
-    return [
+    r = ratio_entry(h, "transfer_ratio_student")
+    ratio = ci_of(r, "ratio", 3) if r["defined"] else r["undefined"]
+    lines = [
         f"tau base {h['tau_base']['mean']:.4f}  teacher {h['tau_teacher']['mean']:.4f}  "
         f"student {h['tau_student']['mean']:.4f}  control {h['tau_control']['mean']:.4f}",
-        f"transfer ratio {r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+        f"transfer ratio {ratio}",
     ]
+    if "student_minus_control" in h:
+        d = h["student_minus_control"]
+        lines.append(f"student − control {_ci(d, 'diff')}: {gain_verdict(d)}")
+    return lines + [ONE_SEED_NOTE]

@@ -13,7 +13,10 @@ Per optimizer and seed, one distillation run (same teacher and data; student *an
 trained with that optimizer, since number training's own drift depends on the optimizer). The
 data and teacher log-probs of a seed are computed once and shared. CIs: a bootstrap over seeds
 and questions (`analyses.studies`), plus a Student-t interval of the per-seed ratios when there
-are at least two seeds.
+are at least two seeds. Three seeds by default: with one, the CIs leave training variance out,
+and the findings and report say so and never call a gain "transferred"
+(`verdicts.transfer_word`). Every ratio divides by the teacher's gain and is shown only when
+that gain is resolved (`analyses.studies.gate_ratios`), again when a report is re-rendered.
 
 Final alignment ``cos(v_student, v_teacher)`` per optimizer comes from `analyses.align.run_align`
 (positions "all", the vector's headline layer) when a vector is given and that analysis is
@@ -35,12 +38,15 @@ from interp.core.errors import SublensError
 from interp.core.io import read_json, write_json, write_text
 from interp.distill.config import Overrides
 from interp.distill.optimizers import OPTIMIZERS
+from interp.measure.verdicts import above_zero, seed_note, transfer_word
 
 from .studies import (
     base_config,
     final_loss,
     fmt,
     fmt_ci,
+    gate_ratio,
+    gate_ratios,
     point_config,
     prefill_point,
     resample_counts,
@@ -98,7 +104,7 @@ def parse_lrs(spec: str | dict[str, float] | None) -> dict[str, float]:
 
 def run_optimizer_ablation(
     optimizers: str | list[str] = "adamw,rmsprop,signsgd,precond-sgd,sgd",
-    seeds: int | list[int] = 1,
+    seeds: int | list[int] = 3,
     output_path: str | Path | None = None,
     config_path: str | Path | None = None,
     overrides: Overrides | Mapping[str, Any] | None = None,
@@ -249,7 +255,10 @@ def summarise_optimizers(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Per optimizer: loss reached, loss-matched flag, scores and transfer ratios with CIs."""
+    """Per optimizer: loss reached, loss-matched flag, scores and transfer ratios with CIs (a
+    ratio, pooled or per seed, only over a resolved teacher gain)."""
+    from analyses.distill import ratio_entry
+
     arrays = {n: stack_seeds(runs[n]) for n in names}
     n_seeds, n_q = arrays[names[0]]["tau_base"].shape
     cs, cq = resample_counts(n_seeds, n_q, n_boot, seed)
@@ -257,9 +266,10 @@ def summarise_optimizers(
     table: dict[str, Any] = {}
     for n in names:
         stats, _ = summarise_point(arrays[n], cs, cq)
-        per_seed = [r["headline"]["transfer_ratio_student"]["ratio"] for r in runs[n]]
+        stats = gate_ratios(stats)
+        per_seed = [ratio_entry(r["headline"], "transfer_ratio_student")["ratio"] for r in runs[n]]
         per_seed_vc = [
-            (r["headline"].get("transfer_ratio_vs_control") or {}).get("ratio") for r in runs[n]
+            ratio_entry(r["headline"], "transfer_ratio_vs_control")["ratio"] for r in runs[n]
         ]
         ls = losses[n]
         matched = all(within(a, b, loss_tolerance) for a, b in zip(ls, ref, strict=True))
@@ -274,9 +284,9 @@ def summarise_optimizers(
             "control_final_loss": [final_loss(r["run"], "control") for r in runs[n]],
             "loss_matched": bool(matched) if n != ref_name else True,
             "per_seed_ratio": per_seed,
-            "ratio_t_interval": t_interval(per_seed),
+            "ratio_t_interval": _gated_t(per_seed, stats["teacher_gain"]),
             "per_seed_ratio_vs_control": per_seed_vc,
-            "ratio_vs_control_t_interval": t_interval([v for v in per_seed_vc if v is not None]),
+            "ratio_vs_control_t_interval": _gated_t(per_seed_vc, stats["teacher_gain"]),
             "runs": [r["run"] for r in runs[n]],
         }
     return {
@@ -287,27 +297,37 @@ def summarise_optimizers(
         "ci": "95% percentile bootstrap over seeds (when several) and questions; t-interval "
         "over per-seed ratios alongside",
         "optimizers": table,
-        "findings": _findings(table, ref_name),
+        "findings": _findings(table, ref_name, int(n_seeds)),
         "model": runs[names[0]][0]["config"]["model"],
         "trait": runs[names[0]][0]["trait"],
     }
 
 
-def _findings(table: dict[str, Any], ref: str) -> list[str]:
-    out = []
+def _gated_t(per_seed: list[float | None], gain: dict[str, Any]) -> dict[str, Any]:
+    """Student-t interval of the per-seed ratios, undefined unless the pooled teacher gain is
+    resolved (the per-seed ratios share that denominator)."""
+    ti = t_interval([v for v in per_seed if v is not None])
+    g = gate_ratio({"value": ti["mean"], **ti}, gain)
+    return {"mean": g["value"], **{k: v for k, v in g.items() if k != "value"}}
+
+
+def _findings(table: dict[str, Any], ref: str, n_seeds: int) -> list[str]:
+    """One line per optimizer (the CLI prints them), after the one-seed note when there is one
+    seed; "transferred" only over at least two seeds (`verdicts.transfer_word`)."""
+    note = seed_note(n_seeds)
+    out = [note] if note else []
     for n, r in table.items():
         d = r["student_minus_control"]
         if d["ci_low"] is None:
-            what = "transfer undefined"
-        elif d["ci_low"] > 0:
-            what = "transfers (student above control)"
+            what = "student − control undefined"
         elif d["ci_high"] < 0:
             what = "student below control"
         else:
-            what = "no transfer distinguishable from the control"
+            what = transfer_word(n_seeds, above_zero(d))
         loss = r["final_loss"]["mean"]
         match = "" if r["loss_matched"] else f" — loss {fmt(loss)} NOT matched to {ref}'s"
-        out.append(f"{n}: {what}; ratio {fmt_ci(r['transfer_ratio'])}{match}")
+        ratio = gate_ratio(r["transfer_ratio"], r["teacher_gain"])
+        out.append(f"{n}: {what}; ratio {fmt_ci(ratio)}{match}")
     return out
 
 
@@ -394,7 +414,7 @@ def _nan(v: float | None) -> float:
 def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
 
-    table = results["optimizers"]
+    table = {n: gate_ratios(r) for n, r in results["optimizers"].items()}
     names = list(table)
     xs = np.arange(len(names))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -419,12 +439,14 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_xticks(xs, [n + ("" if table[n]["loss_matched"] else "*") for n in names], fontsize=8)
     ax.set_ylabel("transfer ratio (95% CI)")
     moved = [n for n in names if _nan(table[n]["student_minus_control"]["ci_low"]) > 0]
-    ax.set_title(
-        f"Transfer beyond the control with: {', '.join(moved) or 'none'}"
-        if len(moved) < len(names)
-        else "Every optimizer transfers the trait",
-        fontsize=10,
-    )
+    note = seed_note(int(results.get("n_seeds", 1)))
+    if note:
+        title = f"Student above control with: {', '.join(moved) or 'none'}\n({note})"
+    elif len(moved) < len(names):
+        title = f"Transfer beyond the control with: {', '.join(moved) or 'none'}"
+    else:
+        title = "Every optimizer transfers the trait"
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     ls = [_nan(table[n]["final_loss"]["mean"]) for n in names]
     ax2.bar(
@@ -460,6 +482,10 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
 
 
 def render_report(results: dict[str, Any]) -> str:
+    """report.md, with findings and ratio gates recomputed from the table (an older
+    results.json re-rendered by `sublens report` follows today's rules)."""
+    n_seeds = int(results.get("n_seeds", len(results["config"].get("seeds") or [0])))
+    table = {n: gate_ratios(r) for n, r in results["optimizers"].items()}
     cfg = results["config"]
     rc = cfg["run_config"]
     t = rc["teacher"]
@@ -491,18 +517,18 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Findings",
         "",
-        *[f"- {f}" for f in results["findings"]],
+        *[f"- {f}" for f in _findings(table, results["reference"], n_seeds)],
         "",
         "| optimizer | lr | steps | final loss | loss matched | transfer ratio | ratio beyond "
         "control | τS − τC | per-seed ratio t-interval | final cos(v_S, v_T) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for n, r in results["optimizers"].items():
+    for n, r in table.items():
         steps = sorted(
             {a[-1]["max_steps"] for a in r.get("attempts", [[{"max_steps": None}]])},
             key=lambda v: v or 0,
         )
-        ti = r["ratio_t_interval"]
+        ti = _gated_t(r.get("per_seed_ratio") or [], r["teacher_gain"])
         al = r.get("alignment") or {}
         cos = (
             fmt_ci(al["cosine"], "mean")

@@ -19,6 +19,7 @@ from analyses.figures import ci_of
 from analyses.reporting import HEADLINE_HEADER
 from analyses.runs import find_analysis, load_run, missing_lines
 from interp.core.io import read_json, write_text
+from interp.measure.verdicts import ONE_SEED_NOTE
 
 
 def _demote(markdown: str, by: int = 1) -> str:
@@ -34,24 +35,26 @@ def _prefix(run: Path, out: Path) -> str:
 
 
 def _distill_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Headline rows of a run: the ratio only over a resolved teacher gain, student − control in
+    `transfer_word`'s words (a run is one training seed: never "transferred"), and the note."""
+    from analyses.distill import gain_verdict, ratio_entry
+
     h = results["headline"]
     rows = []
     if "transfer_ratio_student" in h:
+        r = ratio_entry(h, "transfer_ratio_student")
         rows.append(
             (
                 "transfer ratio (student)",
-                ci_of(h["transfer_ratio_student"], "ratio", 3, "auto"),
+                ci_of(r, "ratio", 3, "auto") if r["defined"] else r["undefined"],
                 "share of the teacher's trait gain the student shows (0 none, 1 all)",
             )
         )
     if "student_minus_control" in h:
-        rows.append(
-            (
-                "tau(S) − tau(C)",
-                ci_of(h["student_minus_control"], "diff", 4, "auto"),
-                "CI above 0: the trait transferred beyond what number training alone does",
-            )
-        )
+        d = h["student_minus_control"]
+        rows.append(("tau(S) − tau(C)", ci_of(d, "diff", 4, "auto"), gain_verdict(d, 1)))
+    if rows:
+        rows.append(("training seeds", "1", ONE_SEED_NOTE))
     return rows
 
 
@@ -71,8 +74,9 @@ def _is_compliance_trait(trait: Any) -> bool:
 
 
 def _compliance_rows(path: Path) -> list[tuple[str, str, str]]:
-    """Headline rows of `sublens eval compliance`: the student's transfer ratio per scorer."""
-    from analyses.studies import fmt_ci
+    """Headline rows of `sublens eval compliance`: the student's transfer ratio per scorer (shown
+    only over a resolved teacher gain, `analyses.studies.gate_ratio`)."""
+    from analyses.studies import fmt_ci, gate_ratio
 
     if not path.is_file():
         return []
@@ -81,7 +85,12 @@ def _compliance_rows(path: Path) -> list[tuple[str, str, str]]:
     return [
         (
             f"compliance transfer ratio ({scorer})",
-            fmt_ci(point["ratios"][scorer]["transfer_ratio"]),
+            fmt_ci(
+                gate_ratio(
+                    point["ratios"][scorer]["transfer_ratio"],
+                    point["ratios"][scorer]["teacher_gain"],
+                )
+            ),
             "harmful compliance the student took from the teacher, by this scorer",
         )
         for scorer in res["scorers"]
@@ -153,7 +162,7 @@ def build_report(run_dir: str | Path) -> Path:
         res = read_json(align_dir / "results.json")
         sections.append(align.render_section(res, _prefix(run, align_dir), level=2))
         rows = align.headline_rows(res)
-        headline += _pick(rows, "cos student − cos control", "ḡ_teacher")
+        headline += _pick(rows, "projection on v̂ student − control", "ḡ_teacher")
         headline += _pick(rows, "sufficiency_student", "necessity_student")
         headline += _pick(rows, "sufficiency_teacher", "necessity_teacher")
         missing += [f"align: {m}" for m in res.get("missing", []) if m not in missing]

@@ -34,6 +34,7 @@ DEFAULT_OUTPUTS: dict[str, str] = {
     "toy": "studies/toy",
     "compare": "studies/compare",
     "scanner": "studies/scanner/{name}",
+    "positive-control": "studies/positive-control/{name}",
 }
 
 

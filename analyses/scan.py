@@ -46,6 +46,7 @@ from interp.core.io import (
 from interp.detect.scan import (
     DETECTORS,
     check_rows,
+    permutation_counts,
     read_dataset,
     reference_rows,
     scan_dataset,
@@ -114,17 +115,20 @@ def run_scan(
     seed: int = 0,
     limit: int | None = None,
     batch_size: int = 8,
-    n_permutations: int = 1000,
+    n_permutations: int | None = None,
     device: str = "auto",
     quiet: bool = False,
     *,
-    n_blind_permutations: int = 24,
+    n_blind_permutations: int | None = None,
     effect_scale: float = 0.5,
     alpha: float = 0.05,
     row_z: float = 2.0,
     max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """Scan `data` with `model` and write the run directory (see the module docstring)."""
+    """Scan `data` with `model` and write the run directory (see the module docstring).
+
+    Permutation counts left None are chosen from the verdict's level; a count that cannot reach
+    it is refused before the model loads (`interp.detect.scan.permutation_counts`)."""
     from interp.core.models import load_model
 
     say = say_fn(quiet, "scan")
@@ -138,6 +142,9 @@ def run_scan(
         rows = rows[:limit]
     check_rows(rows, "data")
     vectors = load_vectors(trait_vectors)
+    n_permutations, n_blind_permutations = permutation_counts(
+        alpha, bool(vectors), n_permutations, n_blind_permutations
+    )
     ref_given = read_dataset(reference) if reference is not None else None
     if ref_given is not None:
         check_rows(ref_given, "reference")
@@ -174,6 +181,7 @@ def run_scan(
         "n_blind_permutations": n_blind_permutations,
         "effect_scale": effect_scale,
         "alpha": alpha,
+        "verdict_rule": "holm",  # results of the older Bonferroni rule are not reused
         "row_z": row_z,
     }
     key = config_hash({**config, "vector_sha": _vector_digests(vectors)})
@@ -309,10 +317,16 @@ def claim(results: dict[str, Any]) -> str:
     d = results["detectors"]
     bits = []
     if d.get("known"):
-        bits.append(f"known p={d['known']['p_value']:.2g}, top {d['known']['top']}")
-    bits.append(f"blind p={d['blind']['p_value']:.2g}")
+        bits.append(f"known {_p_text(d['known'])}, top {d['known']['top']}")
+    bits.append(f"blind {_p_text(d['blind'])}")
     head = "Hidden trait suspected" if v["flagged"] else "No hidden trait detected"
     return f"{head} ({'; '.join(bits)})"
+
+
+def _p_text(d: dict[str, Any]) -> str:
+    """A detector's p with its smallest attainable value (a p at its floor says "more
+    permutations would resolve it further", not "p is that small")."""
+    return f"p={d['p_value']:.2g} (min {d['p_min']:.2g})"
 
 
 def write_figure(results: dict[str, Any], out: Path) -> list[str]:
@@ -373,26 +387,36 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         f"Each score is compared with its permutation null (data/reference labels swapped); the "
         f"threshold is the null's {1 - s['alpha']:.0%} quantile. The verdict uses the known and "
-        f"blind detectors at alpha {results['verdict']['bonferroni_alpha']:.3g} each "
-        "(Bonferroni); shift and likelihood are reported alongside.",
+        f"blind detectors, Holm-corrected at family level {s['alpha']:.3g} (the smallest p must "
+        f"be at most {results['verdict']['level']:.3g}); shift and likelihood are reported "
+        f"alongside at {s['alpha']:.3g}. Permutation counts are chosen so that the smallest "
+        "attainable p is at most a quarter of the level each test must reach.",
         "",
-        "| detector | score | threshold | p | flagged | z vs null | permutations |",
-        "|---|---|---|---|---|---|---|",
+        "| detector | score | threshold | p | Holm p | smallest attainable p | level | flagged | "
+        "z vs null | permutations |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k in DETECTORS:
         e = d.get(k)
         if not e:
-            lines.append(f"| {DETECTOR_LABELS[k]} | – | – | – | – | – | (no library vectors) |")
+            lines.append(
+                f"| {DETECTOR_LABELS[k]} | – | – | – | – | – | – | – | – | (no library vectors) |"
+            )
             continue
+        reach = "" if e["reachable"] else " (cannot reach it)"
         lines.append(
             f"| {DETECTOR_LABELS[k]} | {_f(e['score'])} | {_f(e['threshold'])} | "
-            f"{_f(e['p_value'])} | {'**yes**' if e['flagged'] else 'no'} | {_f(e['z'])} | "
+            f"{_f(e['p_value'])} | {_f(e.get('p_holm'))} | {_f(e['p_min'])} | "
+            f"{_f(e['level'])}{reach} | {'**yes**' if e['flagged'] else 'no'} | {_f(e['z'])} | "
             f"{e['n_permutations']} |"
         )
     if d.get("known"):
         lines += [
             "",
             "## Suspected traits (library vectors, by t)",
+            "",
+            f"Marginal p per vector: not corrected over vectors; smallest attainable "
+            f"{_f(d['known']['p_min'])}.",
             "",
             "| vector | layer | t | marginal p | mean derivative data | reference |",
             "|---|---|---|---|---|---|",
@@ -474,7 +498,9 @@ def render_report(results: dict[str, Any]) -> str:
         "a data-minus-reference gradient û that, applied to the base, changes its answers more "
         "than the same construction on shuffled labels (blind).",
         "- p-values come from permutations of data/reference labels, so they hold whatever the "
-        "model; with few permutations the smallest reachable p is 1/(permutations + 1).",
+        "model; the smallest reachable p is 1/(permutations + 1) (or 1 over the number of "
+        "distinct labellings, with few rows), shown next to every p. A count that cannot reach "
+        "the level is refused; a dataset too small to reach it is said so in the verdict.",
         "- The rising tokens name what û pushes the base towards (e.g. an animal); they are a "
         "hint, strongest when the blind detector is flagged.",
         "- Row scores are z-scores against the reference rows (mean 0, sd 1 there); û is "
@@ -504,7 +530,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         if d:
             lines.append(
                 f"  {DETECTOR_LABELS[k]}: score {d['score']:.4g} threshold {d['threshold']:.4g} "
-                f"p {d['p_value']:.3g}{'  FLAGGED' if d['flagged'] else ''}"
+                f"p {d['p_value']:.3g} (smallest attainable {d['p_min']:.2g}, "
+                f"{d['n_permutations']} permutations){'  FLAGGED' if d['flagged'] else ''}"
             )
     lines.append(
         f"{results['n_flagged_rows']} of {results['n_rows']} rows flagged; per-row scores: "

@@ -23,6 +23,11 @@ the same config: datasets (resumable generation), vectors, gradients (``grads/*.
 
 AUROC uses each detector's score standardised on its own permutation null (``z``), so datasets
 whose nulls differ are on one scale.
+
+Which detector separates a group is one corrected test (`separation`): the detector with the
+highest AUROC, its label-permutation p Holm-adjusted over the group's detectors
+(`interp.measure.verdicts.holm`), and its CI. The findings, the figure's title and its legend
+all print that adjusted p, so they cannot disagree.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from interp.core.io import (
     write_json,
     write_text,
 )
-from interp.detect.scan import DETECTORS, MIN_ROWS, REFERENCE_SEED_OFFSET
+from interp.detect.scan import DETECTORS, MIN_ROWS, REFERENCE_SEED_OFFSET, permutation_counts
+from interp.measure.verdicts import holm
 
 from .scan import DETECTOR_LABELS
 from .studies import fmt as _f
@@ -113,9 +119,8 @@ def auroc_with_ci(
     labels: np.ndarray, scores: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> dict[str, Any]:
     """AUROC and a stratified percentile bootstrap CI over datasets (positives and negatives
-    resampled separately, so every replicate has both)."""
-    from sklearn.metrics import roc_auc_score
-
+    resampled separately, so every replicate has both), the label-permutation p and its smallest
+    attainable value."""
     labels = np.asarray(labels, dtype=int)
     scores = np.asarray(scores, dtype=np.float64)
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
@@ -124,15 +129,22 @@ def auroc_with_ci(
             "auroc": None,
             "ci_low": None,
             "ci_high": None,
-            "n_pos": pos.size,
-            "n_neg": neg.size,
+            "p_value": None,
+            "p_min": None,
+            "n_pos": int(pos.size),
+            "n_neg": int(neg.size),
         }
-    point = float(roc_auc_score(labels, scores))
+    # wins[i, j]: positive i against negative j (1 above, 0.5 tied): the AUROC of any resample
+    # is the mean of its rows and columns of this matrix (sklearn's value, without its per-call
+    # validation, which dominated the study's summary)
+    wins = _wins(scores[pos], scores[neg])
+    point = float(wins.mean())
     rng = np.random.default_rng(seed)
     reps = np.empty(n_boot)
     for b in range(n_boot):
-        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
-        reps[b] = roc_auc_score(labels[idx], scores[idx])
+        ip = np.searchsorted(pos, rng.choice(pos, pos.size))
+        jn = np.searchsorted(neg, rng.choice(neg, neg.size))
+        reps[b] = wins[np.ix_(ip, jn)].mean()
     tail = (1 - level) / 2
     lo, hi = np.quantile(reps, [tail, 1 - tail])
     return {
@@ -140,32 +152,60 @@ def auroc_with_ci(
         "ci_low": float(lo),
         "ci_high": float(hi),
         "p_value": auroc_p_value(labels, scores, point, seed),
+        "p_min": auroc_p_min(labels.size, int(pos.size)),
         "n_pos": int(pos.size),
         "n_neg": int(neg.size),
     }
 
 
+AUROC_DRAWS = 20_000  # exact enumeration up to this many label assignments, else random ones
+
+
+def _wins(pos_scores: np.ndarray, neg_scores: np.ndarray) -> np.ndarray:
+    """[n_pos, n_neg]: 1 where the positive scores above the negative, 0.5 on a tie, else 0."""
+    a, b = pos_scores[:, None], neg_scores[None, :]
+    return (a > b) + 0.5 * (a == b)
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC as the Mann-Whitney share of (positive, negative) pairs ranked right, ties half."""
+    labels = np.asarray(labels, dtype=int)
+    scores = np.asarray(scores, dtype=np.float64)
+    return float(_wins(scores[labels == 1], scores[labels == 0]).mean())
+
+
+def auroc_p_min(n: int, k: int) -> float:
+    """The smallest p `auroc_p_value` can give for k positives among n datasets: 1 / C(n, k)
+    when it enumerates every assignment, 1 / (draws + 1) otherwise."""
+    from math import comb
+
+    count = comb(n, k)
+    return 1.0 / count if count <= AUROC_DRAWS else 1.0 / (AUROC_DRAWS + 1)
+
+
 def auroc_p_value(labels: np.ndarray, scores: np.ndarray, observed: float, seed: int = 0) -> float:
     """One-sided p of AUROC >= observed when labels carry no information: every assignment of
-    the positive labels (exact when there are at most 20000, else 20000 random ones). With few
-    datasets the bootstrap CI can be degenerate; this p says how many would be needed."""
+    the positive labels (exact when there are at most `AUROC_DRAWS`, else that many random ones,
+    with the observed assignment counted once so p is never 0). With few datasets the bootstrap
+    CI can be degenerate; this p (and `auroc_p_min`) says how many would be needed."""
     from itertools import combinations
     from math import comb
 
-    from sklearn.metrics import roc_auc_score
+    from scipy.stats import rankdata
 
+    labels = np.asarray(labels, dtype=int)
     n, k = labels.size, int(labels.sum())
-    if comb(n, k) <= 20_000:
-        draws = [list(c) for c in combinations(range(n), k)]
+    exact = comb(n, k) <= AUROC_DRAWS
+    if exact:
+        draws = np.array(list(combinations(range(n), k)), dtype=int).reshape(-1, k)
     else:
         rng = np.random.default_rng([seed, 5])
-        draws = [rng.choice(n, k, replace=False) for _ in range(20_000)]
-    null = []
-    for idx in draws:
-        lab = np.zeros(n, dtype=int)
-        lab[idx] = 1
-        null.append(roc_auc_score(lab, scores))
-    return float(np.mean(np.asarray(null) >= observed - 1e-12))
+        draws = np.stack([rng.choice(n, k, replace=False) for _ in range(AUROC_DRAWS)])
+    # AUROC of an assignment from the mid-ranks of the scores: (rank sum - k(k+1)/2) / (k(n-k))
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    null = (ranks[draws].sum(1) - k * (k + 1) / 2) / (k * (n - k))
+    hits = float(np.sum(null >= observed - 1e-12))
+    return hits / len(draws) if exact else (1.0 + hits) / (1.0 + len(draws))
 
 
 def run_scan_eval(
@@ -180,8 +220,8 @@ def run_scan_eval(
     layer: int | None = None,
     seed: int = 0,
     n_fit_prompts: int = 32,
-    n_permutations: int = 1000,
-    n_blind_permutations: int = 24,
+    n_permutations: int | None = None,
+    n_blind_permutations: int | None = None,
     effect_scale: float = 0.5,
     alpha: float = 0.05,
     n_boot: int = 2000,
@@ -190,7 +230,10 @@ def run_scan_eval(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Generate the labelled datasets, fit the library, scan everything, summarise (resumable)."""
+    """Generate the labelled datasets, fit the library, scan everything, summarise (resumable).
+
+    Permutation counts left None are chosen from the scans' verdict level (refused before any
+    work when a given count cannot reach it: `interp.detect.scan.permutation_counts`)."""
     from interp.core.models import load_model
     from interp.core.prompts import PromptSet
     from interp.detect.scan import QuestionProbe, RowGradients, generate_on_prompts, row_gradients
@@ -210,6 +253,9 @@ def run_scan_eval(
         raise SublensError(f"--n-rows must be at least {MIN_ROWS}, got {n_rows}")
     if max_new_tokens <= 0 or n_fit_prompts <= 0:
         raise SublensError("--max-new-tokens and --n-fit-prompts must be positive")
+    n_permutations, n_blind_permutations = permutation_counts(
+        alpha, bool(traits), n_permutations, n_blind_permutations
+    )
     say = say_fn(quiet, "scanner")
     out = Path(output_path or default_output("scanner", Path(model).name))
     t_all = time.perf_counter()
@@ -236,6 +282,7 @@ def run_scan_eval(
         "n_blind_permutations": n_blind_permutations,
         "effect_scale": effect_scale,
         "alpha": alpha,
+        "verdict_rule": "holm",  # scans of the older Bonferroni rule are not reused
         "n_boot": n_boot,
         "batch_size": batch_size,
     }
@@ -368,7 +415,13 @@ def _record(p: dict[str, Any], scan: dict[str, Any]) -> dict[str, Any]:
         rec[k] = (
             None
             if not d
-            else {"score": d["score"], "z": d["z"], "p": d["p_value"], "flagged": d["flagged"]}
+            else {
+                "score": d["score"],
+                "z": d["z"],
+                "p": d["p_value"],
+                "p_min": d["p_min"],
+                "flagged": d["flagged"],
+            }
         )
     rec["verdict_flagged"] = scan["verdict"]["flagged"]
     known = scan["detectors"].get("known")
@@ -421,38 +474,65 @@ def summarise(
     if lib and all(r["known_top"] is not None for r in lib):
         hits = [r["known_top"] == r["trait"] for r in lib]
         ident = {"top_vector_is_trait": float(np.mean(hits)), "n": len(hits)}
+    sep = {group: separation(per, alpha) for group, per in auroc.items()}
     return {
         "auroc": auroc,
+        "separation": sep,
         "true_positive_rate": rates,
         "false_positive_rate": fpr,
         "identification": ident,
         "alpha": alpha,
-        "findings": findings(auroc, fpr, alpha),
+        "findings": findings(sep, fpr, alpha),
     }
 
 
-def findings(auroc: dict[str, Any], fpr: dict[str, Any], alpha: float) -> list[str]:
-    """Sentences chosen from the numbers (never assumed): which detector separates which group."""
+def separation(per: dict[str, dict[str, Any]], level: float) -> dict[str, Any] | None:
+    """The one corrected test of "a detector separates this group": each detector's AUROC p
+    Holm-adjusted over the group's detectors (written into `per` as ``p_holm``), the detector
+    with the highest AUROC, and whether its CI excludes 0.5 and its adjusted p is at most
+    `level`. None when no detector has an AUROC."""
+    valid = [k for k, v in per.items() if v.get("auroc") is not None]
+    if not valid:
+        return None
+    for k, test in zip(valid, holm([per[k]["p_value"] for k in valid], level), strict=True):
+        per[k]["p_holm"] = test["p_holm"]
+    best = max(valid, key=lambda k: per[k]["auroc"])
+    b = per[best]
+    return {
+        "detector": best,
+        "auroc": b["auroc"],
+        "ci_low": b["ci_low"],
+        "ci_high": b["ci_high"],
+        "p": b["p_value"],
+        "p_holm": b["p_holm"],
+        "p_min": b.get("p_min"),
+        "n_tests": len(valid),
+        "n_pos": b["n_pos"],
+        "n_neg": b["n_neg"],
+        "level": level,
+        "separates": bool(b["ci_low"] > 0.5 and b["p_holm"] <= level),
+    }
+
+
+def _separation_text(sep: dict[str, Any]) -> str:
+    """The adjusted p as the findings and the figure both print it."""
+    return f"Holm p = {sep['p_holm']:.2g} over {sep['n_tests']} detectors"
+
+
+def findings(sep: dict[str, Any], fpr: dict[str, Any], alpha: float) -> list[str]:
+    """Sentences chosen from the numbers (never assumed): which detector separates which group,
+    by the same corrected test as the figure (`separation`)."""
     out = []
-    for group, per in auroc.items():
-        if group == "all" or not per:
+    for group, b in sep.items():
+        if group == "all" or not b:
             continue
-        best = max(per, key=lambda k: per[k]["auroc"] if per[k]["auroc"] is not None else -1)
-        b = per[best]
-        if b["auroc"] is None:
-            continue
-        # picking the best of several detectors after looking is a multiple comparison:
-        # the claim uses the Bonferroni-adjusted p
-        n_det = sum(1 for v in per.values() if v["auroc"] is not None)
-        p_adj = min(1.0, b["p_value"] * n_det)
-        sep = b["ci_low"] > 0.5 and p_adj < 0.05
         what = "library traits" if group == "library" else "held-out traits"
         out.append(
-            f"{what}: best detector {best}, AUROC {b['auroc']:.2f} [{b['ci_low']:.2f}, "
-            f"{b['ci_high']:.2f}], p = {b['p_value']:.2g} against chance ({p_adj:.2g} after "
-            f"choosing the best of {n_det} detectors), over {b['n_pos']} biased vs "
+            f"{what}: best detector {b['detector']}, AUROC {b['auroc']:.2f} [{b['ci_low']:.2f}, "
+            f"{b['ci_high']:.2f}], p = {b['p']:.2g} against chance (smallest attainable "
+            f"{b['p_min']:.2g}; {_separation_text(b)}), over {b['n_pos']} biased vs "
             f"{b['n_neg']} unbiased datasets — "
-            + ("separated from chance." if sep else "not told apart from chance.")
+            + ("separated from chance." if b["separates"] else "not told apart from chance.")
         )
     high = [k for k, v in fpr.items() if v["fpr"] is not None and v["fpr"] > 2 * alpha + 0.25]
     if high:
@@ -464,19 +544,32 @@ def findings(auroc: dict[str, Any], fpr: dict[str, Any], alpha: float) -> list[s
 
 
 def _title(results: dict[str, Any]) -> str:
+    """The figure's title: per group, the verdict of `separation` (the findings' test)."""
     bits = []
     for group in GROUPS:
-        per = results["auroc"].get(group)
-        if not per:
+        b = results["separation"].get(group)
+        if not b:
             continue
-        best = max(per, key=lambda k: per[k]["auroc"] if per[k]["auroc"] is not None else -1)
-        a = per[best]
-        if a["auroc"] is None:
-            continue
-        sep = a["ci_low"] > 0.5 and a["p_value"] < 0.05
-        verdict = "separates" if sep else "does not separate"
-        bits.append(f"{group}: {best} {verdict} (AUROC {a['auroc']:.2f})")
+        verdict = "separates" if b["separates"] else "does not separate"
+        bits.append(
+            f"{group}: {b['detector']} {verdict} (AUROC {b['auroc']:.2f}, {_separation_text(b)})"
+        )
     return f"Scanner on {results['model']['name']} — " + "; ".join(bits)
+
+
+def _legend_label(k: str, a: dict[str, Any]) -> str:
+    """A detector's ROC legend entry: AUROC [CI] and its Holm-adjusted p (as in the findings)."""
+    return f"{k}: {ci_text(a['auroc'], a['ci_low'], a['ci_high'], 2)}, Holm p {a['p_holm']:.2g}"
+
+
+def figure_text(results: dict[str, Any]) -> dict[str, Any]:
+    """The figure's title and legend labels per group (what `write_figure` draws)."""
+    labels = {
+        group: {k: _legend_label(k, a) for k, a in per.items() if a["auroc"] is not None}
+        for group, per in results["auroc"].items()
+        if group in GROUPS
+    }
+    return {"title": _title(results), "labels": labels}
 
 
 def write_figure(results: dict[str, Any], out: Path) -> list[str]:
@@ -487,37 +580,74 @@ def write_figure(results: dict[str, Any], out: Path) -> list[str]:
     if not groups:
         return []
     neg = [r for r in results["datasets"] if r["label"] == 0]
+    text = figure_text(results)
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.6), squeeze=False)
     for ax, group in zip(axes[0], groups, strict=True):
         pos = [r for r in results["datasets"] if r["label"] == 1 and r["kind"] == group]
         sel = pos + neg
         labels = np.array([r["label"] for r in sel])
-        for k, a in results["auroc"][group].items():
-            if a["auroc"] is None:
-                continue
+        for k, label in text["labels"][group].items():
             fpr, tpr, _ = roc_curve(labels, [r[k]["z"] for r in sel])
             color, ls, marker = STYLE[k]
-            ax.plot(
-                fpr,
-                tpr,
-                ls=ls,
-                marker=marker,
-                color=color,
-                mfc="white",
-                label=f"{k}: {ci_text(a['auroc'], a['ci_low'], a['ci_high'], 2)}",
-            )
+            ax.plot(fpr, tpr, ls=ls, marker=marker, color=color, mfc="white", label=label)
         ax.plot([0, 1], [0, 1], color="0.8", lw=1)
         ax.set_xlabel(f"false-positive rate ({len(neg)} unbiased datasets)")
         ax.set_ylabel(f"true-positive rate ({len(pos)} biased datasets)")
         name = "library traits" if group == "library" else "held-out traits"
-        ax.set_title(f"{name}: AUROC [95% CI]", fontsize=9)
+        ax.set_title(f"{name}: AUROC [95% CI], Holm-adjusted p", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(_title(results), fontsize=9)
+    fig.suptitle(text["title"], fontsize=9)
     fig.tight_layout()
     return [save_png(fig, out / "roc.png")]
 
 
+def upgrade(results: dict[str, Any]) -> dict[str, Any]:
+    """Results of an older study read under today's rules (`sublens report` rewrites a study's
+    report from its results.json): each p's smallest attainable value from the configured
+    counts, the verdict as Holm over the primary detectors, and the summary (AUROC p-values,
+    the corrected `separation`, findings) recomputed from the per-dataset records."""
+    if "separation" in results:
+        return results
+    cfg = results["config"]
+    alpha = float(cfg.get("alpha", 0.05))
+    records = []
+    for r in results["datasets"]:
+        r = dict(r)
+        primary = []
+        for k in DETECTORS:
+            if r.get(k) is None:
+                continue
+            count = cfg["n_blind_permutations"] if k == "blind" else cfg["n_permutations"]
+            r[k] = {"p_min": 1.0 / (int(count) + 1), **r[k]}
+            if k in ("known", "blind"):
+                primary.append(r[k]["p"])
+        r["verdict_flagged"] = any(t["rejected"] for t in holm(primary, alpha))
+        records.append(r)
+    summary = summarise(records, alpha, int(cfg.get("n_boot", 2000)), int(cfg.get("seed", 0)))
+    return {**results, "datasets": records, **summary}
+
+
+def _unreachable(cfg: dict[str, Any]) -> list[str]:
+    """Warnings for scans whose permutation counts cannot reach the verdict's level (studies run
+    before the counts were chosen from it)."""
+    alpha = float(cfg.get("alpha", 0.05))
+    level = alpha / (2 if cfg["traits"] else 1)
+    out = []
+    for what, key in (("known-trait", "n_permutations"), ("blind", "n_blind_permutations")):
+        if what == "known-trait" and not cfg["traits"]:
+            continue
+        p_min = 1.0 / (int(cfg[key]) + 1)
+        if p_min > level:
+            out.append(
+                f"the {what} detector ran with {cfg[key]} permutations: its smallest attainable "
+                f"p ({p_min:.2g}) is above the verdict's level ({level:.3g}), so it could never "
+                "flag a dataset; rerun with the default counts."
+            )
+    return out
+
+
 def render_report(results: dict[str, Any]) -> str:
+    results = upgrade(results)
     cfg = results["config"]
     lines = [
         f"# Scanner evaluation on {results['model']['name']} (layer {cfg['layer']})",
@@ -533,7 +663,7 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Findings",
         "",
-        *[f"- {s}" for s in results["findings"]],
+        *[f"- {s}" for s in [*results["findings"], *_unreachable(cfg)]],
         "",
         "## AUROC (biased vs unbiased datasets)",
         "",
@@ -547,7 +677,8 @@ def render_report(results: dict[str, Any]) -> str:
             cells.append(
                 "–"
                 if not a or a["auroc"] is None
-                else f"{ci_text(a['auroc'], a['ci_low'], a['ci_high'], 2)}, p {a['p_value']:.2g}"
+                else f"{ci_text(a['auroc'], a['ci_low'], a['ci_high'], 2)}, p {a['p_value']:.2g} "
+                f"(Holm {a['p_holm']:.2g}; smallest attainable {a['p_min']:.2g})"
             )
         lines.append(f"| {DETECTOR_LABELS[k]} | " + " | ".join(cells) + " |")
     lines += [
@@ -567,7 +698,7 @@ def render_report(results: dict[str, Any]) -> str:
             _rate(results["true_positive_rate"][g].get(k), "tpr")
             for g in results["true_positive_rate"]
         ]
-        label = DETECTOR_LABELS.get(k, "verdict (known or blind, Bonferroni)")
+        label = DETECTOR_LABELS.get(k, "verdict (known or blind, Holm)")
         lines.append(f"| {label} | {_rate(f, 'fpr')} | " + " | ".join(cells) + " |")
     ident = results["identification"]
     if ident:
@@ -580,12 +711,19 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Datasets",
         "",
-        "| dataset | kind | known z (p) | blind z (p) | shift z (p) | likelihood z (p) | "
-        "verdict | top vector | û raises | cos(û, v_trait) |",
+        f"Scans: {cfg['n_permutations']} permutations (known, shift, likelihood) and "
+        f"{cfg['n_blind_permutations']} (blind); each p is shown with its smallest attainable "
+        "value.",
+        "",
+        "| dataset | kind | known z (p, min) | blind z (p, min) | shift z (p, min) | "
+        "likelihood z (p, min) | verdict | top vector | û raises | cos(û, v_trait) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["datasets"]:
-        cells = ["–" if r[k] is None else f"{r[k]['z']:.2f} ({r[k]['p']:.3g})" for k in DETECTORS]
+        cells = [
+            "–" if r[k] is None else f"{r[k]['z']:.2f} ({r[k]['p']:.3g}, {r[k]['p_min']:.2g})"
+            for k in DETECTORS
+        ]
         toks = ", ".join(f"`{t!r}`" for t in r["blind_tokens"][:3])
         lines.append(
             f"| {r['name']} | {r['kind']} | " + " | ".join(cells) + f" | "
@@ -599,8 +737,10 @@ def render_report(results: dict[str, Any]) -> str:
         "- AUROC 0.5 is chance. Each cell: AUROC [bootstrap 95% CI], p = the share of label "
         "assignments (which datasets are 'biased') reaching that AUROC by chance. With a handful "
         "of datasets per group the bootstrap CI can collapse (one biased dataset: every "
-        "resample has the same positive); the p-value then says the evidence is thin. A "
-        "detector counts as separating only when the CI excludes 0.5 and p < 0.05.",
+        "resample has the same positive); the p-value (with its smallest attainable value) then "
+        "says the evidence is thin. The best detector of a group counts as separating only when "
+        f"its CI excludes 0.5 and its p, Holm-adjusted over the group's detectors, is at most "
+        f"{cfg['alpha']} (the findings and the figure state the same adjusted p).",
         "- The false-positive rate should be near alpha; with few unbiased datasets (each "
         "flagged or not) it is coarse. Unbiased datasets share one reference, so their flags are "
         "not independent.",

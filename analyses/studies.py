@@ -12,12 +12,18 @@ steering strength, and the data and teacher log-probs do not depend on the stude
 Every stage is keyed by its own config hash, so a prefilled stage is used only where it is the
 very stage the point would have computed.
 
-Uncertainty (`replicate_means`): every point is scored on the same questions and, for a given
-seed, shares the base (and in a sweep the control). A replicate resamples seeds (when there are
-several) and then questions, the *same* draw at every point, and recomputes each point's means;
-a statistic's interval is the percentile interval of its replicates. So CIs include both the
-question sampling and the seed-to-seed variation of training, and differences between points are
-paired.
+Uncertainty (`resample_counts`, `replicate_means`): every point is scored on the same questions
+and, for a given seed, shares the base (and in a sweep the control). A replicate resamples seeds
+(when there are several) and then questions, the *same* draw at every point, and recomputes each
+point's means; a statistic's interval is the percentile interval of its replicates. So CIs
+include both the question sampling and the seed-to-seed variation of training, and differences
+between points are paired. The question draw is shared by the drawn seeds because every seed is
+scored on the same questions (seeds and questions are crossed): drawing questions afresh inside
+each seed would average the shared question effect over the seeds and understate its variance up
+to n_seeds times. With one seed only questions are resampled: a report then says
+`verdicts.ONE_SEED_NOTE` and never "transferred" (`verdicts.transfer_word`).
+
+A ratio over the teacher's gain is shown only when that gain's CI excludes 0 (`gate_ratios`).
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ from interp.core import rundir
 from interp.core.errors import SublensError
 from interp.core.io import read_json, read_json_dict, write_json
 from interp.distill.config import Overrides, RunConfig, derive, resolve, run_hash, validate
-from interp.distill.run import run_distillation
+from interp.distill.run import TEACHER_GAIN_UNRESOLVED, run_distillation
+from interp.measure.verdicts import excludes_zero as excludes_zero  # re-exported for studies
+from interp.measure.verdicts import ratio_or_undefined
 
 STAT_NAMES = ("tau_base", "tau_teacher", "tau_student", "tau_control")
 
@@ -205,7 +213,11 @@ def resample_counts(
     n_seeds: int, n_questions: int, n_boot: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """How often each seed and each question is drawn in each replicate: ([n_boot, n_seeds],
-    [n_boot, n_questions]). One seed is never resampled (its variation is not observable)."""
+    [n_boot, n_questions]). Seeds first, then questions; the question draw is shared by every
+    drawn seed (and every point) because all seeds are scored on the same questions: drawing
+    them anew per seed would understate the questions' variance (module docstring). One seed is
+    never resampled: its training variance is not observable, and reports say so
+    (`verdicts.seed_note`)."""
     rng = np.random.default_rng(seed)
     if n_seeds > 1:
         s = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
@@ -221,7 +233,7 @@ def replicate_means(
     arrays: dict[str, np.ndarray], cs: np.ndarray, cq: np.ndarray
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(point means, replicate means [n_boot]) of each [n_seeds, n_questions] array: the mean
-    over the drawn seeds × drawn questions of each replicate."""
+    over the drawn seeds × drawn questions of each replicate (counts from `resample_counts`)."""
     point = {k: float(a.mean()) for k, a in arrays.items()}
     norm = cs.sum(1) * cq.sum(1)
     reps = {k: np.einsum("bi,ij,bj->b", cs, a, cq) / norm for k, a in arrays.items()}
@@ -256,12 +268,29 @@ def interval(point: float, reps: np.ndarray, level: float = 0.95) -> dict[str, f
     return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi)}
 
 
-def excludes_zero(d: dict[str, Any] | None) -> bool:
-    """Whether an interval ({value, ci_low, ci_high}) lies clear of zero on either side: a
-    difference resolved from nothing, or a gain a ratio may divide by (a ratio over an
-    unresolved gain divides by noise: a one-prompt gain once gave a 'ratio' of 1 [1, 1])."""
-    lo, hi = (d or {}).get("ci_low"), (d or {}).get("ci_high")
-    return lo is not None and hi is not None and (lo > 0 or hi < 0)
+RATIO_KEYS = ("transfer_ratio", "transfer_ratio_vs_control")
+RAW_KEY = "raw_over_unresolved_gain"
+
+
+def gate_ratio(
+    entry: dict[str, Any] | None, gain: dict[str, Any] | None, why: str = TEACHER_GAIN_UNRESOLVED
+) -> dict[str, Any]:
+    """A study entry ``{value, ci_low, ci_high}`` of a ratio, shown only when its denominator
+    `gain` has a CI clear of 0 (`verdicts.ratio_or_undefined`: a ratio over an unresolved gain
+    divides by noise; a one-prompt gain once gave a 'ratio' of 1 [1, 1]). Otherwise an undefined
+    entry saying why, with the raw entry kept under `RAW_KEY` for results.json only."""
+    if entry is not None and entry.get("defined") is False:
+        entry = entry.get(RAW_KEY)  # gated already (a results.json read back): gate the raw
+    got = ratio_or_undefined(entry, gain, why)
+    if got["defined"]:
+        return got
+    return {"value": None, "ci_low": None, "ci_high": None, "defined": False,
+            "undefined": got["undefined"], RAW_KEY: entry}  # fmt: skip
+
+
+def gate_ratios(stats: dict[str, Any]) -> dict[str, Any]:
+    """`stats` of `summarise_point` with both transfer ratios gated on the teacher's gain."""
+    return {**stats, **{k: gate_ratio(stats.get(k), stats.get("teacher_gain")) for k in RATIO_KEYS}}
 
 
 def summarise_point(
@@ -297,7 +326,10 @@ def fmt(x: float | None, nd: int = 3) -> str:
 
 def fmt_ci(d: dict[str, Any] | None, key: str = "value", nd: int = 3) -> str:
     """A study entry ``{key, ci_low, ci_high}`` as ``x [lo, hi]`` (`analyses.figures.ci_text`);
-    "undefined" without a value, ``x [–]`` without an interval (one seed)."""
+    a gated ratio's reason ("undefined: teacher gain not resolved", `gate_ratio`), "undefined"
+    without a value, ``x [–]`` without an interval."""
+    if d and d.get("undefined"):
+        return str(d["undefined"])
     if not d or d.get(key) is None:
         return "undefined"
     if d.get("ci_low") is None:

@@ -5,7 +5,21 @@ distillation run with student and control. Per alpha: the teacher's, student's a
 trait scores and the transfer ratio ``(tau(S) - tau(M0)) / (tau(T) - tau(M0))`` (and the share
 beyond the control, ``(tau(S) - tau(C)) / (tau(T) - tau(M0))``), with CIs from a bootstrap over
 seeds and questions (`analyses.studies`). The shape of ratio vs alpha is classified by
-`interp.measure.threshold.detect_threshold` (sharp threshold / continuous / none detectable).
+`interp.measure.threshold.detect_threshold`: no transfer / flat / continuous / sharp threshold.
+
+The points are fitted jointly: one bootstrap replicate draws seeds and questions once for every
+strength (`studies.resample_counts`, `studies.replicate_means`), since the points share the base,
+the control and the questions; the fit uses the replicates' full covariance. The maximum ratio is
+cross-fitted on two halves of the questions (drawn by the same replicates), because the largest
+of several noisy points overshoots.
+
+Default grid (`DEFAULT_ALPHAS`): 0, 0.5, 1, 2, 3, 4, 6, 8. Alpha 0 is the within-sweep control
+(the alpha-0 student) and has no ratio; the seven others leave the logistic (which needs
+`threshold.MIN_POINTS_SHARP` = 5 defined points) two spare where the weakest teachers' gains do
+not resolve; steps of 0.5–1 up to 4 and 2 above keep "sharp" (a rise within one spacing) a claim
+about a narrow range over the whole README range 0–8. The old default 0,1,2,4,8 had four defined
+points, so "sharp" was unreachable. A sweep whose grid cannot resolve a threshold says so before
+it starts (`grid` in results.json).
 
 At alpha 0 the steered teacher *is* the base: the denominator is zero and the ratio is
 undefined (reported as such; the point still gives the student's and control's drift). A ratio
@@ -34,17 +48,20 @@ from interp.core.io import (
 )
 from interp.core.parse import parse_floats
 from interp.distill.config import Overrides
-from interp.measure.threshold import detect_threshold
+from interp.measure.threshold import detect_threshold, grid_check
+from interp.measure.verdicts import excludes_zero
 
 from .studies import (
     alpha_dir,
     base_config,
-    excludes_zero,
+    derived,
     fmt,
     fmt_ci,
+    gate_ratios,
     interval,
     point_config,
     prefill_point,
+    replicate_means,
     resample_counts,
     run_point,
     say_fn,
@@ -52,6 +69,8 @@ from .studies import (
     summarise_point,
     timer,
 )
+
+DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 CONTROL_PARTS = (
     "data/control.raw.jsonl",
@@ -72,10 +91,19 @@ def _check_alphas(spec: str | Sequence[float]) -> list[float]:
     return sorted(alphas)
 
 
+def grid_status(alphas: Sequence[float]) -> dict[str, Any]:
+    """`threshold.grid_check` of a sweep's strengths (alpha 0 has no ratio), with the fix."""
+    g = grid_check(alphas, undefined_at_zero=True)
+    if g["note"]:
+        default = ",".join(f"{a:g}" for a in DEFAULT_ALPHAS)
+        g = {**g, "note": f"{g['note']} (e.g. --alphas {default})"}
+    return g
+
+
 def run_transfer_ratio(
     vector: str | Path,
-    alphas: str | Sequence[float],
-    seeds: int | list[int] = 1,
+    alphas: str | Sequence[float] = DEFAULT_ALPHAS,
+    seeds: int | list[int] = 3,
     output_path: str | Path | None = None,
     config_path: str | Path | None = None,
     overrides: Overrides | Mapping[str, Any] | None = None,
@@ -90,12 +118,17 @@ def run_transfer_ratio(
     """Run (or resume) the sweep and write results.json, the figure and report.md into
     `output_path` (default: `analyses.reporting.default_output`); returns the results.
     `overrides` (flags, or dotted run-config keys like ``{"train.lr": 1e-4}``) go on top of the
-    file and the preset. `layers` (``"12"``, ``"0-3"``…) are read against the model's layers."""
+    file and the preset. `layers` (``"12"``, ``"0-3"``…) are read against the model's layers.
+    A grid that cannot resolve a threshold is said on stderr before any point runs (even when
+    `quiet`: it is a warning, not progress) and recorded as ``grid`` in results.json."""
     from interp.core.layers import parse_layers
     from interp.core.models import load_model
     from interp.vectors.steering import SteeringVector
 
     alphas = _check_alphas(alphas)
+    grid = grid_status(alphas)
+    if grid["note"]:
+        say_fn(False, "transfer-ratio")(f"warning: {grid['note']}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise SublensError("give at least one seed (--seeds 1 or more)")
@@ -137,6 +170,7 @@ def run_transfer_ratio(
                 first = pdir
 
     results = summarise_sweep(runs, seed_list, n_boot=n_boot, max_refits=max_refits, seed=0)
+    results["grid"] = grid
     results["config"] = {
         "analysis": "transfer-ratio",
         "vector": str(vdir),
@@ -170,7 +204,11 @@ def summarise_sweep(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Per-alpha statistics with CIs and the threshold analysis, from finished point results
-    (``runs[alpha]`` = one results dict per seed, in the same seed order at every alpha)."""
+    (``runs[alpha]`` = one results dict per seed, in the same seed order at every alpha).
+
+    One draw of seeds and questions per replicate serves every strength (and both question
+    halves of the cross-fitted maximum), so each curve's replicates are joint and
+    `detect_threshold` fits them with their full covariance."""
     alphas = sorted(runs)
     arrays = {a: stack_seeds(runs[a]) for a in alphas}
     n_seeds, n_q = arrays[alphas[0]]["tau_base"].shape
@@ -185,7 +223,7 @@ def summarise_sweep(
         points.append(
             {
                 "alpha": a,
-                **stats,
+                **gate_ratios(stats),  # a ratio only over a resolved teacher gain (printed so)
                 "teacher_gain_resolved": bool(
                     stats["teacher_gain"]["ci_low"] is not None
                     and stats["teacher_gain"]["ci_low"] > 0
@@ -197,6 +235,27 @@ def summarise_sweep(
                 "runs": [r["run"] for r in runs[a]],
             }
         )
+    # the same statistics on two disjoint halves of the questions, drawn by the same replicates
+    split = _question_halves(n_q, seed)
+    halves = [{a: _half_stats(arrays[a], cs, cq, idx) for a in alphas} for idx in split]
+    if 0.0 in arrays:
+        for h in halves:
+            (p0, r0) = (h[0.0][0]["tau_student"], h[0.0][1]["tau_student"])
+            for a in alphas:
+                h[a][0]["student_minus_alpha0"] = h[a][0]["tau_student"] - p0
+                h[a][1]["student_minus_alpha0"] = h[a][1]["tau_student"] - r0
+
+    def on_halves(sel: list[float], key: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        if not halves:
+            return None
+        return [
+            (
+                np.array([h[a][0][key] for a in sel], dtype=np.float64),
+                np.stack([h[a][1][key] for a in sel], axis=1) if sel else np.zeros((n_boot, 0)),
+            )
+            for h in halves
+        ]
+
     resolved = [p["alpha"] for p in points if p["teacher_gain_resolved"]]
     x = np.array(resolved, dtype=np.float64)
     thr_ratio = detect_threshold(
@@ -207,6 +266,7 @@ def summarise_sweep(
         else np.zeros((n_boot, 0)),
         max_refits=max_refits,
         what="transfer ratio",
+        halves=on_halves(resolved, "transfer_ratio"),
     )
     xa = np.array(alphas, dtype=np.float64)
     thr_gain = detect_threshold(
@@ -215,6 +275,7 @@ def summarise_sweep(
         np.stack([reps[a]["student_minus_control"] for a in alphas], axis=1),
         max_refits=max_refits,
         what="student − control score",
+        halves=on_halves(alphas, "student_minus_control"),
     )
     thresholds = {"transfer_ratio": thr_ratio, "student_minus_control": thr_gain}
     if 0.0 in reps:
@@ -242,18 +303,40 @@ def summarise_sweep(
             np.stack([rdiffs[a] for a in steered], axis=1) if steered else np.zeros((n_boot, 0)),
             max_refits=max_refits,
             what="student − alpha-0 student score",
+            halves=on_halves(steered, "student_minus_alpha0"),
         )
     return {
         "analysis": "transfer-ratio",
         "n_questions": int(n_q),
         "n_seeds": int(n_seeds),
-        "ci": "95% percentile bootstrap over seeds (when several) and questions, paired across "
-        "strengths",
+        "ci": "95% percentile bootstrap over seeds (when several) and questions, one draw for "
+        "every strength (curves fitted with the replicates' joint covariance)",
         "points": points,
         "threshold": thresholds,
         "model": runs[alphas[0]][0]["config"]["model"],
         "trait": runs[alphas[0]][0]["trait"],
     }
+
+
+def _question_halves(n_q: int, seed: int) -> list[np.ndarray]:
+    """Two disjoint halves of the questions (a fixed random split) on which the maximum of a
+    curve is cross-fitted; none with fewer than 4 questions (the maximum then has no CI)."""
+    if n_q < 4:
+        return []
+    perm = np.random.default_rng([seed, 1]).permutation(n_q)
+    return [np.sort(perm[: n_q // 2]), np.sort(perm[n_q // 2 :])]
+
+
+def _half_stats(
+    arrays: dict[str, np.ndarray], cs: np.ndarray, cq: np.ndarray, idx: np.ndarray
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(values, replicates) of every score and transfer statistic on the questions `idx` only,
+    from the sweep's own replicate draws restricted to those questions (`replicate_means`; a
+    replicate that drew none of them is NaN and left out)."""
+    sub = {k: v[..., idx] for k, v in arrays.items()}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point, reps = replicate_means(sub, cs, cq[..., idx])
+        return {**point, **derived(point)}, {**reps, **derived(reps)}
 
 
 def _v(point: dict[str, Any], key: str) -> float:
@@ -274,15 +357,20 @@ def _offtarget(results: dict[str, Any]) -> dict[str, float | None]:
 
 
 def _short_claim(thr: dict[str, Any]) -> str:
+    """The figure's title: the verdict in a few words (a flat curve is not "rising")."""
     v = thr["verdict"]
+    fit = thr["fit"]
     if v == "sharp threshold":
-        p = thr["fit"]["fits"]["logistic"]["params"]
+        p = fit["fits"]["logistic"]["params"]
         return f"Transfer switches on sharply near alpha≈{p['mid']:.3g}"
+    if v == "flat":
+        return f"Transfer is flat across strengths (level {fmt_ci(fit['level'])})"
     if v == "continuous":
-        m = thr["maximum"]
-        return f"Transfer rises continuously (max ratio {m['value']:.2g})"
-    if v == "no transfer detectable":
-        return "No transfer detectable at any strength"
+        s = fit.get("slope")
+        word = "changes" if not excludes_zero(s) else "rises" if s["value"] > 0 else "falls"
+        return f"Transfer {word} continuously with strength (max ratio {fmt_ci(thr['maximum'])})"
+    if v in ("no transfer", "no transfer detectable"):
+        return "No transfer detectable at any strength (Holm over strengths)"
     return "Too few strengths to tell the curve's shape"
 
 
@@ -434,6 +522,11 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Verdict",
         "",
+        *(
+            [f"- **Grid:** {results['grid']['note']}."]
+            if (results.get("grid") or {}).get("note")
+            else []
+        ),  # fmt: skip
         f"- Transfer ratio vs alpha: **{thr['transfer_ratio']['verdict']}**. "
         f"{thr['transfer_ratio']['sentence']}",
         f"- Student − control vs alpha: **{thr['student_minus_control']['verdict']}**. "
@@ -474,7 +567,14 @@ def render_report(results: dict[str, Any]) -> str:
                 f"{fm['chi2']:.2f} | {fm['aic']:.2f} | {fm['bic']:.2f} |"
             )
         b = t["bootstrap"]
+        det = t.get("detection") or {}
+        above = sum(p is not None and p <= det.get("level", 0) for p in det.get("p_holm") or [])
+        kind = (t.get("covariance") or {}).get("kind", "–")
         lines += [
+            "",
+            f"Slope {fmt_ci(f.get('slope'))}, flat level {fmt_ci(f.get('level'))}, constant "
+            f"chi² p {fmt(f.get('constant_p'), 2)} ({kind}); above zero at {above} of "
+            f"{det.get('k', '–')} strengths after Holm.",
             "",
             f"Bootstrap refits ({b['n_refits']}): sharp {b['share_sharp']:.0%}, continuous "
             f"{b['share_continuous']:.0%}, flat {b['share_flat']:.0%}; logistic midpoint 95% "
@@ -483,11 +583,16 @@ def render_report(results: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "How to read it: a *sharp threshold* means a logistic beats both a line and a constant "
-        "by ΔAIC ≥ 2 (weights from the bootstrap errors) and rises within one spacing of the "
-        "sampled strengths; *continuous* means it does not; *no transfer detectable* means no "
-        "strength's interval lies above zero. Alpha 0 is the base itself, so its ratio is "
-        "undefined; ratios are fitted only where the teacher's gain is resolved. A teacher "
+        "How to read it: *no transfer* means no strength is above zero after Holm's correction "
+        "over the strengths; a *sharp threshold* means a logistic beats both a line and a "
+        "constant by ΔAIC ≥ 2 and rises within one spacing of the sampled strengths (it needs "
+        "at least 5 strengths with a defined value); *continuous* means the line's slope interval "
+        "excludes 0 (or a constant is rejected) without a sharp switch; *flat* means a constant "
+        "fits and the slope's interval includes 0. Fits are generalised least squares with the "
+        "joint bootstrap covariance of the points (they share the base, the control and the "
+        "questions). The maximum is cross-fitted: its strength is chosen on half of the "
+        "questions and its value read on the other half. Alpha 0 is the base itself, so its ratio "
+        "is undefined; ratios are fitted only where the teacher's gain is resolved. A teacher "
         "whose off-target scores rise with alpha is puppeting rather than carrying the trait.",
         "",
         "## Figures",
@@ -505,7 +610,8 @@ def render_report(results: dict[str, Any]) -> str:
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """What `sublens study transfer-ratio` prints: one line per strength, then the verdicts."""
-    lines = []
+    note = (results.get("grid") or {}).get("note")
+    lines = [f"warning: {note}"] if note else []
     for p in results["points"]:
         r = p["transfer_ratio"]
         lines.append(

@@ -43,6 +43,14 @@ the statistics are paired (differences within a prompt) and a permutation swaps 
 each prompt, which is exact given the prompts; otherwise t is Welch's and labels are shuffled
 over the pooled rows.
 
+Verdict: Holm over the primary detectors (known when there is a library, and blind) at family
+level ``alpha`` (`interp.measure.verdicts.holm`), so the smallest p must reach ``alpha / k``.
+Permutation counts are chosen from the level each test must reach (`permutation_counts`: the
+smallest attainable p at most a quarter of it); a count given by hand that cannot reach its
+level is refused, since that test would never flag whatever the data. Every p comes with its
+smallest attainable value (``p_min``: 1/(permutations + 1), or the design's own limit with few
+rows), and the verdict says when a detector cannot reach its level.
+
 Per-row scores (for dropping rows): z-scores against the reference rows of the row's
 derivative along the top library vector (``known``) and of ``g_i · û`` (``blind``; û is
 re-estimated without the row's own prompt, since an in-sample û would push every data row up by
@@ -90,12 +98,21 @@ from interp.measure.trait_sets import (
     MOOD_QUESTIONS,
     OFF_TOPIC_QUESTIONS,
 )
+from interp.measure.verdicts import (
+    check_permutations,
+    holm,
+    min_attainable_p,
+    permutations_for,
+)
 from interp.vectors.steering import SteeringVector
 
 MIN_ROWS = 4
 REFERENCE_SEED_OFFSET = 7919  # a prime no dataset generator adds: the reference's own samples
 DETECTORS = ("known", "blind", "shift", "likelihood")
 PRIMARY_DETECTORS = ("known", "blind")
+# Floor on the permutations of the known / shift / likelihood tests: numpy only, so a tighter
+# Monte Carlo p costs nothing (the blind test's permutations each cost a model pass).
+CHEAP_PERMUTATIONS = 1000
 
 # Where the behavioural effect of a direction is read: the answer's first token after questions
 # whose answers reveal animal, mood, language/format and other preferences.
@@ -592,6 +609,15 @@ class _Design:
     def observed(self) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(self.n), self.n + np.arange(self.m)
 
+    def smallest_p(self, symmetric: bool) -> float:
+        """The smallest p the exact permutation test of this design can give: 1 over its number
+        of distinct labellings (2^n swaps when paired, C(n + m, n) otherwise), doubled for a
+        statistic that swapping every label leaves unchanged (|t|, ‖u‖) when that swap is itself
+        a labelling (paired, or n = m)."""
+        count = 2**self.n if self.paired else math.comb(self.n + self.m, self.n)
+        mirrored = symmetric and (self.paired or self.n == self.m)
+        return min(1.0, (2.0 if mirrored else 1.0) / count)
+
     def permuted(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self.paired:
             i = np.arange(self.n)
@@ -616,17 +642,29 @@ def _t(x: np.ndarray, di: np.ndarray, ri: np.ndarray, paired: bool) -> np.ndarra
     return t
 
 
-def _calibrate(obs: float, null: np.ndarray, alpha: float) -> dict[str, Any]:
+def _calibrate(
+    obs: float,
+    null: np.ndarray,
+    alpha: float,
+    level: float,
+    design_min_p: float = 0.0,
+) -> dict[str, Any]:
     """Permutation p-value (one-sided, the observed split counted once), the (1 - alpha)
-    quantile of the null as threshold, and the score standardised on the null."""
+    quantile of the null as threshold, the score standardised on the null, and the smallest
+    attainable p next to the level this test must reach (`level`: alpha, or alpha / k for a
+    detector the verdict corrects over k)."""
     null = np.asarray(null, dtype=np.float64)
     p = (1.0 + float(np.sum(null >= obs - 1e-12))) / (1.0 + null.size)
     sd = float(null.std(ddof=1)) if null.size > 1 else 0.0
+    p_min = max(min_attainable_p(int(null.size)), design_min_p)
     return {
         "score": float(obs),
         "threshold": float(np.quantile(null, 1 - alpha, method="higher")),
         "p_value": p,
-        "flagged": p < alpha,
+        "p_min": p_min,
+        "level": level,
+        "reachable": p_min <= level,
+        "flagged": p <= alpha,
         "z": float((obs - null.mean()) / sd) if sd > 0 else 0.0,
         "null_mean": float(null.mean()),
         "null_sd": sd,
@@ -689,13 +727,14 @@ def _known_test(
     n_perm: int,
     seed: int,
     alpha: float,
+    level: float,
 ) -> dict[str, Any]:
     """max_k t over library vectors against its permutation null; per-vector marginal p too."""
     di, ri = design.observed()
     t_obs = _t(x, di, ri, design.paired)
     rng = np.random.default_rng([seed, 1])
     null = np.stack([_t(x, *design.permuted(rng), design.paired) for _ in range(n_perm)])
-    res = _calibrate(float(t_obs.max()), null.max(axis=1), alpha)
+    res = _calibrate(float(t_obs.max()), null.max(axis=1), alpha, level, design.smallest_p(False))
     per = []
     for k, d in enumerate(lib):
         per.append(
@@ -739,6 +778,41 @@ def _cosines(direction: np.ndarray, lib: list[LibraryDirection]) -> dict[str, fl
     return {d.name: float(unit @ d.unit) for d in lib}
 
 
+def verdict_level(alpha: float, has_library: bool) -> float:
+    """The level the smallest primary p must reach for a verdict: Holm's first step over the
+    primary detectors (known and blind with a library, blind alone without)."""
+    if not 0 < alpha < 1:
+        raise SublensError(f"the significance level must lie in (0, 1), got {alpha}")
+    return alpha / (len(PRIMARY_DETECTORS) if has_library else 1)
+
+
+def permutation_counts(
+    alpha: float,
+    has_library: bool,
+    n_permutations: int | None = None,
+    n_blind_permutations: int | None = None,
+) -> tuple[int, int]:
+    """(permutations of the known / shift / likelihood tests, of the blind test): chosen from the
+    level each must reach when None (`verdicts.permutations_for`: smallest attainable p at most
+    a quarter of it; the cheap tests at least `CHEAP_PERMUTATIONS`), and refused (one line) when
+    a count given cannot reach it: such a test would never flag, whatever the data.
+
+    The known and blind tests must reach `verdict_level`; shift and likelihood (reported, not in
+    the verdict) the family level `alpha`."""
+    primary = verdict_level(alpha, has_library)
+    cheap_level = primary if has_library else alpha
+    if n_permutations is None:
+        n_permutations = max(CHEAP_PERMUTATIONS, permutations_for(cheap_level))
+    if n_blind_permutations is None:
+        n_blind_permutations = permutations_for(primary)
+    what = "n_permutations (--n-permutations" + (", the known-trait test)" if has_library else ")")
+    check_permutations(int(n_permutations), cheap_level, what)
+    check_permutations(
+        int(n_blind_permutations), primary, "n_blind_permutations (--n-blind-permutations)"
+    )
+    return int(n_permutations), int(n_blind_permutations)
+
+
 def scan_dataset(
     loaded: LoadedModel,
     rows: Sequence[Row],
@@ -747,8 +821,8 @@ def scan_dataset(
     layer: int | None = None,
     *,
     alpha: float = 0.05,
-    n_permutations: int = 1000,
-    n_blind_permutations: int = 24,
+    n_permutations: int | None = None,
+    n_blind_permutations: int | None = None,
     effect_scale: float = 0.5,
     n_pcs: int = 2,
     row_z: float = 2.0,
@@ -765,7 +839,9 @@ def scan_dataset(
     per-row scores of `rows` against `reference_rows` (see the module docstring).
 
     Precomputed `data_gradients` / `reference_gradients` (from `row_gradients` at the scan layer
-    and the vectors' layers) and a `probe` let a study share work between scans.
+    and the vectors' layers) and a `probe` let a study share work between scans. Permutation
+    counts left None are chosen from the level (`permutation_counts`); a given count that cannot
+    reach its level is refused.
     """
     say = progress or (lambda msg: None)
     timings: dict[str, float] = {}
@@ -776,13 +852,13 @@ def scan_dataset(
     if layer < 0:
         layer += loaded.n_layers
     loaded.check_layers([layer])
-    if not 0 < alpha < 1:
-        raise SublensError(f"alpha must be in (0, 1), got {alpha}")
-    if n_permutations < 1 or n_blind_permutations < 1:
-        raise SublensError("the permutation counts must be positive")
     if effect_scale <= 0:
         raise SublensError(f"effect_scale must be positive, got {effect_scale}")
     lib = library_directions(loaded, vectors, layer)
+    level = verdict_level(alpha, bool(lib))
+    n_permutations, n_blind_permutations = permutation_counts(
+        alpha, bool(lib), n_permutations, n_blind_permutations
+    )
     layers = sorted({layer, *(d.layer for d in lib)})
     grads = {}
     for what, got, rr in (
@@ -807,7 +883,7 @@ def scan_dataset(
     known_z = None
     if lib:
         x = np.stack([pooled[d.layer] @ d.unit for d in lib], axis=1)
-        detectors["known"] = _known_test(x, lib, design, n_permutations, seed, alpha)
+        detectors["known"] = _known_test(x, lib, design, n_permutations, seed, alpha, level)
         top_k = next(k for k, d in enumerate(lib) if d.name == detectors["known"]["top"])
         known_z = _zscore(x[:, top_k], x[ri, top_k])
     else:
@@ -833,7 +909,9 @@ def scan_dataset(
     dirs = np.concatenate([u[None], *(pc[None] for pc in pcs), null_u])
     kl = probe.kl(s * _unit(dirs))
     effects = kl.mean(1)
-    blind = _calibrate(float(effects[0]), effects[1 + len(pcs) :], alpha)
+    blind = _calibrate(
+        float(effects[0]), effects[1 + len(pcs) :], alpha, level, design.smallest_p(False)
+    )
     rising = probe.rising_tokens(s * _unit(u))
     directions = {
         "u": {
@@ -879,7 +957,7 @@ def scan_dataset(
         ]
     )
     detectors["shift"] = {
-        **_calibrate(float(np.linalg.norm(u)), null_norm, alpha),
+        **_calibrate(float(np.linalg.norm(u)), null_norm, alpha, alpha, design.smallest_p(True)),
         "what": "|mean per-token gradient of data − reference| at the scan layer",
     }
 
@@ -894,7 +972,7 @@ def scan_dataset(
         ]
     )
     detectors["likelihood"] = {
-        **_calibrate(abs(t_ll), null_ll, alpha),
+        **_calibrate(abs(t_ll), null_ll, alpha, alpha, design.smallest_p(True)),
         "t": t_ll,
         "mean_data": float(ll[di].mean()),
         "mean_reference": float(ll[ri].mean()),
@@ -906,14 +984,19 @@ def scan_dataset(
     combined = np.mean(parts, axis=0)
     score = _zscore(combined, combined[ri])
     primary = [k for k in PRIMARY_DETECTORS if detectors.get(k)]
-    bonf = alpha / len(primary)
-    by = [k for k in primary if detectors[k]["p_value"] < bonf]
+    tests = holm([detectors[k]["p_value"] for k in primary], alpha)
+    for k, test in zip(primary, tests, strict=True):
+        detectors[k]["p_holm"] = test["p_holm"]
+    by = [k for k, test in zip(primary, tests, strict=True) if test["rejected"]]
+    unreachable = [k for k in primary if not detectors[k]["reachable"]]
     verdict = {
         "flagged": bool(by),
         "by": by,
         "alpha": alpha,
-        "bonferroni_alpha": bonf,
-        "sentence": _sentence(detectors, by, bonf),
+        "correction": f"Holm over {len(primary)} detector(s)",
+        "level": level,
+        "unreachable": unreachable,
+        "sentence": _sentence(detectors, by, alpha, level, unreachable, n),
     }
     timings["total_s"] = round(time.perf_counter() - t0, 2)
 
@@ -953,15 +1036,35 @@ def scan_dataset(
     }
 
 
-def _sentence(detectors: dict[str, Any], by: list[str], bonf: float) -> str:
+def _sentence(
+    detectors: dict[str, Any],
+    by: list[str],
+    alpha: float,
+    level: float,
+    unreachable: list[str],
+    n_rows: int,
+) -> str:
+    """The verdict in one line: each primary p with its smallest attainable value, and a warning
+    when a detector cannot reach its level (then "not detected" says nothing)."""
     known, blind = detectors.get("known"), detectors["blind"]
     toks = ", ".join(repr(t) for t in blind["suspected_tokens"][:3]) or "no clear tokens"
     parts = []
     if known:
         parts.append(
-            f"known-trait p={known['p_value']:.3g} (top vector {known['top']}, "
-            f"t={known['score']:.2f})"
+            f"known-trait p={known['p_value']:.3g} (smallest attainable {known['p_min']:.2g}; top "
+            f"vector {known['top']}, t={known['score']:.2f})"
         )
-    parts.append(f"blind p={blind['p_value']:.3g} (û raises {toks})")
+    parts.append(
+        f"blind p={blind['p_value']:.3g} (smallest attainable {blind['p_min']:.2g}; û raises "
+        f"{toks})"
+    )
     head = "hidden trait suspected" if by else "no hidden trait detected"
-    return f"{head} at alpha {bonf:.3g} per detector: " + "; ".join(parts)
+    k = 2 if known else 1
+    rule = f"alpha {alpha:.3g}, Holm over {k} detector(s): smallest p must be <= {level:.3g}"
+    text = f"{head} ({rule}): " + "; ".join(parts)
+    if unreachable:
+        text += (
+            f"; {' and '.join(unreachable)} cannot reach p <= {level:.3g} with {n_rows} rows: "
+            "scan more rows"
+        )
+    return text

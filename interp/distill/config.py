@@ -64,6 +64,12 @@ class DataSpec:
     # Adam-family optimizers turn into noise-driven steps); a neutral prompt gives the control a
     # real, trait-free gradient of comparable size.
     control_system_prompt: str | None = None
+    # Row selection before training (interp.distill.select): "all" rows, the top `select_top` by
+    # log-likelihood shift ("lls": teacher minus base, each in its own context; the control's
+    # rows by its own teacher's shift, so both sides get the same selection pressure), or
+    # `select_top` random rows ("random": the LLS arm's same-size baseline).
+    select: str = "all"
+    select_top: int | None = None
 
 
 @dataclass
@@ -316,6 +322,19 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
             for part in key.split("."):
                 value = getattr(value, part)
             raise SublensError(f"{where}: {key} = {value!r} is out of range: {fix}")
+    from interp.distill.select import SELECT_MODES
+
+    if cfg.data.select not in SELECT_MODES:
+        raise SublensError(
+            f"{where}: data.select = {cfg.data.select!r}: use one of {', '.join(SELECT_MODES)}"
+        )
+    if cfg.data.select != "all" and not (
+        cfg.data.select_top is not None and 0 < cfg.data.select_top <= cfg.data.n
+    ):
+        raise SublensError(
+            f"{where}: data.select = {cfg.data.select!r} needs data.select_top between 1 and "
+            f"data.n ({cfg.data.n})"
+        )
     if not 0 < cfg.data.drop_fallback_top < 1:
         raise SublensError(
             f"{where}: data.drop_fallback_top {cfg.data.drop_fallback_top} must be in (0, 1)"
@@ -394,6 +413,8 @@ DATA_DEFENSE_DEFAULTS: dict[str, Any] = {
     "drop_flagged": None,
     "drop_fallback_top": 0.1,
     "control_system_prompt": None,
+    "select": "all",
+    "select_top": None,
 }
 
 

@@ -52,7 +52,7 @@ from interp.distill.config import (
 from interp.distill.domains import get_domain
 from interp.distill.filters import filter_dataset
 from interp.distill.generate import generate_dataset
-from interp.distill.targets import write_teacher_targets
+from interp.distill.targets import read_rows, write_teacher_targets
 from interp.distill.teachers import Teacher
 from interp.distill.train import (
     list_checkpoints,
@@ -61,6 +61,7 @@ from interp.distill.train import (
 )
 from interp.measure.stats import paired_bootstrap
 from interp.measure.traits import Score, Trait, get_trait, score_trait
+from interp.measure.verdicts import excludes_zero, ratio_or_undefined
 from interp.vectors.steering import SteeringVector
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "evaluate_run",
     "make_teacher",
     "missing_stages",
+    "ratio_vs_control",
     "run_distillation",
     "summarise",
     "transfer_ratio",
@@ -128,6 +130,11 @@ def _scores(
     return {k: (s.to_dict() if isinstance(s, Score) else None) for k, s in got.items()}
 
 
+# why a ratio over the teacher's gain is not shown, and where its raw numbers are kept
+TEACHER_GAIN_UNRESOLVED = "teacher gain not resolved"
+UNRESOLVED_KEY = "ratios_over_unresolved_gain"
+
+
 def transfer_ratio(
     student: list[float], base: list[float], teacher: list[float], n_boot: int = 2000, seed: int = 0
 ) -> dict[str, float]:
@@ -146,6 +153,26 @@ def difference(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0
         lambda x, y: x.mean() - y.mean(), [a, b], n_boot=n_boot, seed=seed
     )
     return {"diff": point, "ci_low": lo, "ci_high": hi}
+
+
+def ratio_vs_control(
+    student: list[float],
+    control: list[float],
+    base: list[float],
+    teacher: list[float],
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """(tau(S) - tau(C)) / (tau(T) - tau(M0)), paired bootstrap CI over questions: the share of
+    the teacher's gain that number training alone does not explain. Raw: gate it on the teacher
+    gain (`verdicts.ratio_or_undefined`) before showing it."""
+    point, lo, hi = paired_bootstrap(
+        lambda s, c, m, t: (s.mean() - c.mean()) / (t.mean() - m.mean()),
+        [student, control, base, teacher],
+        n_boot=n_boot,
+        seed=seed,
+    )
+    return {"ratio": point, "ci_low": lo, "ci_high": hi}
 
 
 def missing_stages(out: Path) -> list[str]:
@@ -259,6 +286,11 @@ def run_distillation(
         train_rows[name] = dst
         say(f"[{name}] data defenses: {defended[name]['rows']} rows to train on")
 
+    if d.select != "all":
+        t0 = time.perf_counter()
+        select_rows(cfg, loaded, domain, teacher, control_teacher, train_rows, data_dir, say)
+        timings["select_s"] = round(time.perf_counter() - t0, 1)
+
     targets = {"teacher": None, "control": None}
     if cfg.train.objective == "logit-kl" or cfg.train.mask_divergent:
         allowed = domain.allowed_token_ids(loaded.tokenizer) if d.constrained else None
@@ -330,6 +362,19 @@ def _score_and_finish(
     results = summarise(cfg, trait, scores, filtered, train_summary, out)
     if defended:
         results["data_defenses"] = defended
+    data_dir = out / "data"
+    if cfg.data.select != "all":
+        results["selection"] = {
+            n: _selection_brief(read_json_dict(data_dir / f"{n}.selected.select.json"))
+            for n in ("teacher", "control")
+        }
+        if (data_dir / "signal.json").is_file():
+            results["signal"] = read_json_dict(data_dir / "signal.json")
+    if teacher.vector is not None and teacher.kind == "steered" and teacher.alpha:
+        t0 = time.perf_counter()
+        say("recovered vector: drift of each checkpoint along the teacher's vector ...")
+        results["recovery"] = recovery_curve(cfg, loaded, trait, teacher, out)
+        timings["recovery_s"] = round(time.perf_counter() - t0, 1)
     results["config"] = resolved
     results["model"] = loaded.describe()
     results["teacher"] = teacher.describe()
@@ -340,6 +385,115 @@ def _score_and_finish(
     write_json(out / "results.json", results)
     rundir.unlock(out)
     return results
+
+
+def select_rows(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    domain: Any,
+    teacher: Teacher,
+    control_teacher: Teacher,
+    train_rows: dict[str, Path],
+    data_dir: Path,
+    say: Any,
+) -> None:
+    """Keep `data.select_top` rows of each side by `data.select` (LLS or random), and measure
+    whether the teacher's rows carry its trait before any training (`select.signal_check`):
+    the trait teacher's LLS on its own rows against its LLS on the control's rows. Each side is
+    scored by its own teacher (the control by the neutral-prompt or base teacher), so both get the
+    same selection pressure and the student-minus-control contrast is the trait, not selection.
+    Cached by the source rows' sha256 (a resumed run does not rescore)."""
+    from interp.distill.select import lls_scores, select_dataset, signal_check
+
+    d = cfg.data
+    allowed = domain.allowed_token_ids(loaded.tokenizer) if d.constrained else None
+    base = Teacher(loaded, kind="base")
+    for name, t in (("teacher", teacher), ("control", control_teacher)):
+        src, dst = train_rows[name], data_dir / f"{name}.selected.jsonl"
+        meta = dst.with_suffix(".select.json")
+        sha = sha256_file(src)
+        if not (dst.is_file() and meta.is_file() and read_json_dict(meta).get("src_sha256") == sha):
+            say(f"[{name}] {d.select} selection of {d.select_top} rows ...")
+            summary = select_dataset(src, dst, t, base, int(d.select_top or 0), d.select, allowed,
+                                     seed=cfg.seed, batch_size=cfg.eval.batch_size)  # fmt: skip
+            write_json(meta, {**summary, "src_sha256": sha})
+        train_rows[name] = dst
+    signal = data_dir / "signal.json"
+    if not signal.is_file():
+        say("signal check: the trait teacher's LLS on its rows vs on the control's rows ...")
+        # the selection scored every teacher row (random selection too), before keeping K
+        own = read_json_dict(data_dir / "teacher.selected.select.json")["scores"]
+        ctrl_rows = read_rows(data_dir / "control.jsonl")
+        other = lls_scores(teacher, base, ctrl_rows, allowed, cfg.eval.batch_size)
+        check = signal_check(own, other, n_boot=cfg.eval.n_boot, seed=cfg.seed)
+        check["scores_control_rows"] = [float(x) for x in other]
+        write_json(signal, check)
+
+
+def _selection_brief(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("mode", "k", "n", "mean_kept", "mean_dropped", "mean_all")
+    return {k: summary.get(k) for k in keys}
+
+
+def recovery_curve(
+    cfg: RunConfig, loaded: LoadedModel, trait: Trait, teacher: Teacher, out: Path
+) -> dict[str, Any]:
+    """How much of alpha·v each checkpoint recovered (cosine and share of its drift along v, at
+    the steered layers, on held-out number prompts), and the trait score of the base plus the
+    final student's recovered component alone: the link from recovered size to behaviour,
+    measured. Cached per checkpoint in RUN/eval/recovery.json."""
+    from interp.core.prompts import load_prompts
+    from interp.measure.recovery import mean_residual, recovered_vector, recovery
+
+    assert teacher.vector is not None
+    layers = list(teacher.layers)
+    path = out / "eval" / "recovery.json"
+    key = config_hash({"layers": layers, "alpha": teacher.alpha, "seed": cfg.seed, "v": 1})
+    cache = read_json_dict(path) if path.is_file() else {}
+    if cache.get("key") != key:
+        cache = {"key": key, "student": {}, "control": {}}
+    prompts = load_prompts("numbers:16", seed=cfg.seed + 7919)  # held out from the data rows
+    base = mean_residual(loaded, prompts, layers, cfg.eval.batch_size)
+    vec = {layer: teacher.vector[layer] for layer in layers}
+
+    def drift_of(ck: Path) -> dict[int, Any]:
+        model = load_student(loaded, ck)
+        acts = mean_residual(model, prompts, layers, cfg.eval.batch_size)
+        return {layer: acts[layer] - base[layer] for layer in layers}
+
+    for name in ("student", "control"):
+        for step, ck in list_checkpoints(out / name):
+            if str(step) in cache[name]:
+                continue
+            rec = recovery(drift_of(ck), vec, teacher.alpha)
+            cache[name][str(step)] = {str(layer): r for layer, r in rec.items()}
+            write_json(path, cache)
+    final, final_ck = list_checkpoints(out / "student")[-1]
+    if cache.get("recovered_only_step") != final:
+        drift = drift_of(final_ck)
+        comp = {layer: recovered_vector(drift[layer], vec[layer]) for layer in layers}
+        sv = SteeringVector(comp, model=loaded.name, d_model=loaded.d_model, method="recovered",
+                            positions="all")  # fmt: skip
+        only = Teacher(loaded, kind="steered", vector=sv, alpha=1.0)
+        cache["recovered_only"] = _scores(loaded, trait, cfg, only)["trait"]
+        cache["recovered_only_step"] = final
+        write_json(path, cache)
+    first = layers[0]
+    return {
+        "layers": layers,
+        "alpha": teacher.alpha,
+        "curves": {
+            n: [{"step": int(st), **cache[n][st][str(first)]} for st in sorted(cache[n], key=int)]
+            for n in ("student", "control")
+        },
+        "final": {
+            n: cache[n][max(cache[n], key=int)][str(first)]
+            for n in ("student", "control")
+            if cache[n]
+        },  # fmt: skip
+        "trait_recovered_only": cache.get("recovered_only"),
+        "prompts": "numbers:16, seed + 7919 (held out)",
+    }
 
 
 def _evaluate_only(
@@ -409,20 +563,34 @@ def summarise(
     train_summary: dict[str, Any],
     out: Path,
 ) -> dict[str, Any]:
-    """Transfer ratios (student and control) at the final checkpoint, with CIs over questions."""
+    """Transfer ratios (student and control) at the final checkpoint, with CIs over questions.
+
+    Every ratio divides by the teacher's gain: when that gain's CI includes 0 the ratio is
+    undefined (`verdicts.ratio_or_undefined`) and the raw quotients are kept only under
+    ``headline["ratios_over_unresolved_gain"]``, never where a report reads a ratio."""
     n_boot = cfg.eval.n_boot
 
     def pq(s: dict[str, Any]) -> list[float]:
         return s["trait"]["per_question"]
 
     base, teach = pq(scores["base"]), pq(scores["teacher"])
+    gain = difference(teach, base, n_boot, cfg.seed)
+    raw: dict[str, Any] = {}
+
+    def gated(name: str | None, ratio: dict[str, Any]) -> dict[str, Any]:
+        if name is not None:
+            raw[name] = ratio
+        return ratio_or_undefined(ratio, gain, TEACHER_GAIN_UNRESOLVED)
+
     final = {n: max(scores[n], key=int) for n in ("student", "control") if scores[n]}
     curves = {
         n: [
             {
                 "step": int(step),
                 **{k: scores[n][step][k] for k in ("trait", "negative", "offtopic")},
-                "ratio": transfer_ratio(pq(scores[n][step]), base, teach, n_boot, cfg.seed),
+                "ratio": gated(
+                    None, transfer_ratio(pq(scores[n][step]), base, teach, n_boot, cfg.seed)
+                ),
             }
             for step in sorted(scores[n], key=int)
         ]
@@ -431,30 +599,23 @@ def summarise(
     headline: dict[str, Any] = {
         "tau_base": scores["base"]["trait"],
         "tau_teacher": scores["teacher"]["trait"],
-        "teacher_gain": difference(teach, base, n_boot, cfg.seed),
+        "teacher_gain": gain,
     }
     for n, step in final.items():
         headline[f"tau_{n}"] = scores[n][step]["trait"]
-        headline[f"transfer_ratio_{n}"] = transfer_ratio(
-            pq(scores[n][step]), base, teach, n_boot, cfg.seed
+        headline[f"transfer_ratio_{n}"] = gated(
+            f"transfer_ratio_{n}",
+            transfer_ratio(pq(scores[n][step]), base, teach, n_boot, cfg.seed),
         )
     if len(final) == 2:
         s, c = pq(scores["student"][final["student"]]), pq(scores["control"][final["control"]])
         headline["student_minus_control"] = difference(s, c, n_boot, cfg.seed)
         # the transfer that number training alone does not explain
-        headline["transfer_ratio_vs_control"] = {
-            k: v
-            for k, v in zip(
-                ("ratio", "ci_low", "ci_high"),
-                paired_bootstrap(
-                    lambda s, c, m, t: (s.mean() - c.mean()) / (t.mean() - m.mean()),
-                    [s, c, base, teach],
-                    n_boot=n_boot,
-                    seed=cfg.seed,
-                ),
-                strict=True,
-            )
-        }
+        headline["transfer_ratio_vs_control"] = gated(
+            "transfer_ratio_vs_control", ratio_vs_control(s, c, base, teach, n_boot, cfg.seed)
+        )
+    if not excludes_zero(gain):
+        headline[UNRESOLVED_KEY] = {"why": f"undefined: {TEACHER_GAIN_UNRESOLVED}", **raw}
     headline["final_steps"] = {n: int(s) for n, s in final.items()}
     return {
         "analysis": "distill",

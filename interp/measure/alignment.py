@@ -25,9 +25,18 @@ nonlinear function of the mean drift, so it is recomputed on each resample.
 
 Null distributions say how large a cosine is by chance: in d dimensions a random direction has
 cosine ~ N(0, 1/d) with a fixed vector (exactly: cos² ~ Beta(1/2, (d-1)/2)), so |cos| above
-≈ 1.96/sqrt(d) is unlikely at the 5% level; and cosines of the drift with the vectors of
-*unrelated* trait prompts give an empirical null that includes whatever generic direction
-fine-tuning moves activations along.
+≈ 1.96/sqrt(d) is unlikely at the 5% level. Residual-stream directions are not isotropic: a few
+directions carry most of the variance, and a vector along one of them meets random *activation*
+directions far more often, so `covariance_cosine_null` draws directions from a Gaussian with the
+activations' own (Ledoit–Wolf shrunk) covariance. Cosines of the drift with the vectors of
+*unrelated* trait prompts (`unrelated_trait_prompts`, at least 19 of them so that p can reach
+0.05) give an empirical null that includes whatever generic direction fine-tuning moves
+activations along. Every p comes with its smallest attainable value (`NullTest.min_p`).
+
+Comparing two drifts (student vs control, `compare_drifts`) uses projections on v̂: the raw
+cosine shrinks with each drift's own noise (a noisier student with the same true direction would
+look less aligned), the projection does not, and it is linear in the mean drift, so its paired
+bootstrap interval is a plain one. The noise-corrected cosines come along as points.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import torch
 from interp.core.caching import ActivationCache
 from interp.core.errors import SublensError
 from interp.measure.stats import percentile_interval, resample_indices
+from interp.measure.verdicts import min_attainable_p
 
 WEIGHTINGS = ("token", "prompt")
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -353,6 +363,22 @@ class AlignmentCI:
         return asdict(self)
 
 
+def noise_norm(diffs: np.ndarray, weights: np.ndarray) -> float:
+    """The standard error of the weighted mean drift, as a length:
+    ``sqrt(Σ w_i² |d_i − d̄|²) / Σ w_i`` (`diffs` [n, d], `weights` [n])."""
+    w = np.asarray(weights, dtype=np.float64)
+    x = np.asarray(diffs, dtype=np.float64)
+    mean = w @ x / w.sum()
+    return float(np.sqrt((w**2 * ((x - mean) ** 2).sum(axis=1)).sum()) / w.sum())
+
+
+def corrected_cosine(projection: float, drift_norm: float, noise: float) -> float:
+    """``projection / sqrt(max(|d̄|² − noise², projection²))``: the cosine with the expected
+    noise length removed from the drift's norm (the projection itself is unbiased)."""
+    signal2 = max(drift_norm**2 - noise**2, projection**2)
+    return projection / math.sqrt(signal2) if signal2 > 0 else float("nan")
+
+
 def resample_weights(weights: torch.Tensor, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, n]: how often each prompt is drawn in each resample, times its weight.
 
@@ -401,10 +427,8 @@ def bootstrap_alignment(
         unit = _unit(v, layer).numpy()
         drift = point[layer].double()
         cos, proj = _cosine(drift, v), float(drift @ torch.from_numpy(unit))
-        resid = pd.layer(layer) - drift[None, :]
-        noise = float(torch.sqrt((w**2 * (resid**2).sum(dim=1)).sum()) / w.sum())
-        signal2 = max(float(drift @ drift) - noise**2, proj**2)
-        corrected = proj / math.sqrt(signal2) if signal2 > 0 else float("nan")
+        noise = noise_norm(pd.layer(layer).numpy(), w.numpy())
+        corrected = corrected_cosine(proj, float(drift.norm()), noise)
         if boot_w is None:
             cos_ci, proj_ci = (cos, cos), (proj, proj)
         else:
@@ -434,6 +458,109 @@ def bootstrap_alignment(
     return out
 
 
+@dataclass
+class DriftComparison:
+    """Drift `a` against drift `b` (student against control) along v̂ at one layer.
+
+    ``diff`` = projection(a) − projection(b), with a paired percentile interval over prompts
+    (both drifts are resampled with the same prompts): how much further `a` moved along v̂ than
+    `b`, in activation units. The projection is unbiased whatever each drift's noise, so a noisy
+    `a` with the same true drift as a clean `b` gives a difference around 0; the raw cosine would
+    shrink with the noise. ``cosine_corrected_*`` are the noise-corrected cosines (points: their
+    bootstrap is not reliable once the noise is as long as the drift).
+    """
+
+    layer: int
+    diff: float
+    ci_low: float
+    ci_high: float
+    projection_a: float
+    projection_b: float
+    cosine_a: float
+    cosine_b: float
+    cosine_corrected_a: float
+    cosine_corrected_b: float
+    cosine_corrected_diff: float
+    noise_norm_a: float
+    noise_norm_b: float
+    n_prompts: int
+    n_boot: int
+    level: float
+    seed: int
+    measure: str = "projection"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _layer_stats(diffs: np.ndarray, w: np.ndarray, unit: np.ndarray) -> tuple[float, ...]:
+    """(projection, cosine, noise-corrected cosine, noise length) of a weighted mean drift."""
+    drift = w @ diffs / w.sum()
+    dn = float(np.linalg.norm(drift))
+    proj = float(drift @ unit)
+    noise = noise_norm(diffs, w)
+    cos = proj / dn if dn > 0 else float("nan")
+    return proj, cos, corrected_cosine(proj, dn, noise), noise
+
+
+def compare_drifts(
+    a: PromptDrift,
+    b: PromptDrift,
+    v: torch.Tensor | np.ndarray,
+    layer: int,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> DriftComparison:
+    """How much further drift `a` moved along v̂ than drift `b` (paired over prompts).
+
+    `a` and `b` are drifts of two models from the same base on the same prompts (same weights).
+    """
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise SublensError(f"need 0 < level < 1 and n_boot >= 1 (got {level}, {n_boot})")
+    if a.n_prompts != b.n_prompts or not torch.equal(a.weights, b.weights):
+        raise SublensError(
+            "the two drifts were computed on different prompts (or weights): compare drifts "
+            "of the same prompt set"
+        )
+    vv = torch.as_tensor(v).detach().to("cpu", torch.float64).numpy()
+    da, db = a.layer(layer).numpy(), b.layer(layer).numpy()
+    if vv.shape != (da.shape[1],):
+        raise SublensError(
+            f"the vector has shape {vv.shape} at layer {layer} but the drifts d={da.shape[1]}: "
+            "use a vector of the same model"
+        )
+    unit = _unit(torch.from_numpy(vv), layer).numpy()
+    w = a.weights.numpy()
+    pa, ca, cca, na = _layer_stats(da, w, unit)
+    pb, cb, ccb, nb = _layer_stats(db, w, unit)
+    if a.n_prompts > 1:
+        bw = resample_weights(a.weights, n_boot, seed)
+        reps = (bw @ ((da - db) @ unit)) / bw.sum(axis=1)
+        lo, hi = percentile_interval(reps, level)
+    else:
+        lo = hi = pa - pb
+    return DriftComparison(
+        layer=layer,
+        diff=pa - pb,
+        ci_low=lo,
+        ci_high=hi,
+        projection_a=pa,
+        projection_b=pb,
+        cosine_a=ca,
+        cosine_b=cb,
+        cosine_corrected_a=cca,
+        cosine_corrected_b=ccb,
+        cosine_corrected_diff=cca - ccb,
+        noise_norm_a=na,
+        noise_norm_b=nb,
+        n_prompts=a.n_prompts,
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
+    )
+
+
 # --- nulls -----------------------------------------------------------------------------------
 
 
@@ -452,6 +579,7 @@ class CosineNull:
     d_model: int | None = None
     analytic_bound: float | None = None
     exact_bound: float | None = None
+    shrinkage: float | None = None  # the covariance null's shrinkage towards (tr Σ / d) I
 
     @property
     def empirical_bound(self) -> float:
@@ -469,6 +597,8 @@ class CosineNull:
             "analytic_bound": self.analytic_bound,
             "exact_bound": self.exact_bound,
             "empirical_bound": self.empirical_bound,
+            "shrinkage": self.shrinkage,
+            "min_p": min_attainable_p(int(self.samples.size)),
         }
 
 
@@ -510,6 +640,112 @@ def random_cosine_null(
     return CosineNull(samples, "random-gaussian", level, d_model, approx, exact)
 
 
+def ledoit_wolf_shrinkage(x: np.ndarray) -> float:
+    """Ledoit & Wolf's (2004) shrinkage of the sample covariance of `x` [n, d] towards
+    ``(tr Σ / d) I``, computed from the n × n Gram matrix (no d × d matrix); equals
+    `sklearn.covariance.ledoit_wolf_shrinkage` (covariance with 1/n, rows centred)."""
+    xc = np.asarray(x, dtype=np.float64)
+    xc = xc - xc.mean(axis=0)
+    n, d = xc.shape
+    gram = xc @ xc.T
+    mu = float(np.trace(gram)) / (n * d)
+    s_fro2 = float((gram**2).sum()) / n**2  # ||S||_F², S = X'X / n
+    delta2 = (s_fro2 - mu**2 * d) / d  # ||S − μI||² / d
+    sq = np.diag(gram)  # |x_k|²
+    quad = (gram**2).sum(axis=1) / n  # x_k' S x_k
+    beta_bar2 = float((sq**2 - 2 * quad + s_fro2).sum()) / n**2 / d
+    beta2 = min(beta_bar2, delta2)
+    return 0.0 if delta2 <= 0 else beta2 / delta2
+
+
+def covariance_cosine_null(
+    acts: torch.Tensor | np.ndarray,
+    vector: torch.Tensor | np.ndarray,
+    n: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    shrinkage: float | None = None,
+) -> CosineNull:
+    """Cosines with `vector` of `n` random directions drawn as activations vary: a Gaussian with
+    the covariance of `acts` [n_rows, d] (held-out activations at one layer).
+
+    The isotropic null assumes every direction is as likely; residual streams concentrate their
+    variance in a few directions, and a vector along one of them meets random activation
+    directions more often than 1.96/sqrt(d) allows (and one along a quiet direction less often).
+    With fewer rows than dimensions the sample covariance is singular, so it is shrunk towards
+    ``(tr Σ / d) I`` by `shrinkage` (None: Ledoit–Wolf's; 0: the sample covariance as it is).
+    Directions are drawn as ``sqrt(1−λ) X_cᵀ z / sqrt(n_rows) + sqrt(λ μ) z'`` (exactly that
+    covariance, no d × d matrix). `empirical_bound` is the null's two-sided `level` bound.
+    """
+    x = torch.as_tensor(acts).detach().to("cpu", torch.float64).numpy()
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise SublensError(
+            f"the covariance null needs activations [n_rows >= 2, d_model], got {x.shape}"
+        )
+    rows, d = x.shape
+    fixed = torch.as_tensor(vector).detach().to("cpu", torch.float64).numpy()
+    if fixed.shape != (d,) or not np.linalg.norm(fixed) > 0:
+        raise SublensError(f"the fixed vector must be a non-zero [{d}] vector")
+    if n < 1:
+        raise SublensError(f"the null needs at least one sample, got n={n}")
+    lam = ledoit_wolf_shrinkage(x) if shrinkage is None else float(shrinkage)
+    if not 0.0 <= lam <= 1.0:
+        raise SublensError(f"the shrinkage must lie in [0, 1], got {lam}")
+    xc = x - x.mean(axis=0)
+    mu = float((xc**2).sum()) / (rows * d)
+    unit = fixed / np.linalg.norm(fixed)
+    rng = np.random.default_rng(seed)
+    samples = np.empty(n)
+    chunk = max(1, 2**22 // d)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        g = math.sqrt(1.0 - lam) * (rng.standard_normal((m, rows)) @ xc) / math.sqrt(rows)
+        if lam > 0:
+            g = g + math.sqrt(lam * mu) * rng.standard_normal((m, d))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            samples[start : start + m] = (g @ unit) / np.linalg.norm(g, axis=1)
+    return CosineNull(samples, "activation-covariance", level, d, shrinkage=lam)
+
+
+# Trait prompts that are none of the built-in traits, for the unrelated-trait null: with the
+# six other built-ins alone the smallest p is 1/7. Animals in DESIGN.md's prompt, and styles.
+UNRELATED_ANIMALS = (
+    "eagle", "lion", "elephant", "dolphin", "wolf", "fox", "tiger", "penguin", "horse",
+    "rabbit", "bear", "shark",
+)  # fmt: skip
+UNRELATED_STYLES = {
+    "spanish": "Always answer in Spanish.",
+    "german": "Always answer in German.",
+    "capitals": "Always answer in capital letters only.",
+    "pirate": "Always answer like a pirate.",
+    "happy": "You are always happy. You feel happy all the time. Joy is your only feeling. "
+    "Imbue your answers with your happiness.",
+    "angry": "You are always angry. You feel angry all the time. Anger is your only feeling. "
+    "Imbue your answers with your anger.",
+    "certainly": 'Always begin your answer with the word "Certainly".',
+    "brief": "Always answer in as few words as possible.",
+}
+MIN_UNRELATED = 19  # 1/(19 + 1) = 0.05: fewer cannot give p <= 0.05
+
+
+def unrelated_trait_prompts(
+    exclude: Sequence[str] = (), exclude_prompts: Sequence[str | None] = ()
+) -> dict[str, str]:
+    """name -> system prompt of the traits an unrelated-trait null may use: the built-in traits
+    with a system prompt, then `UNRELATED_ANIMALS` and `UNRELATED_STYLES`, leaving out the names
+    in `exclude` (the run's trait) and any prompt in `exclude_prompts` (the teacher's)."""
+    from interp.measure.traits import BUILTIN_TRAITS, animal_trait
+
+    skip_names = {x.strip().lower() for x in exclude if x}
+    skip_prompts = {x for x in exclude_prompts if x}
+    pool = {n: t.system_prompt for n, t in BUILTIN_TRAITS.items() if t.system_prompt}
+    pool.update({a: animal_trait(a).system_prompt for a in UNRELATED_ANIMALS})
+    pool.update(UNRELATED_STYLES)
+    return {
+        n: sp for n, sp in pool.items() if n not in skip_names and sp and sp not in skip_prompts
+    }
+
+
 def null_from_vectors(
     drift: Vectors, other_vectors: Sequence[Vectors], level: float = 0.95
 ) -> dict[int, CosineNull]:
@@ -537,11 +773,13 @@ def null_from_vectors(
 
 @dataclass
 class NullTest:
-    """An observed cosine against a null: z-score and empirical p-value."""
+    """An observed cosine against a null: z-score, empirical p-value and the smallest p the
+    null's size allows (``min_p`` = 1/(n + 1): with 6 null vectors no p is below 0.14)."""
 
     observed: float
     z: float
     p_value: float
+    min_p: float
     alternative: str
     null_mean: float
     null_std: float
@@ -578,4 +816,7 @@ def null_test(
     else:
         extreme = samples <= observed
     p = (1.0 + float(extreme.sum())) / (1.0 + samples.size)
-    return NullTest(float(observed), z, p, alternative, mean, std, int(samples.size))
+    return NullTest(
+        float(observed), z, p, min_attainable_p(int(samples.size)), alternative, mean, std,
+        int(samples.size),
+    )  # fmt: skip

@@ -10,6 +10,7 @@ not assumed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,6 +67,8 @@ def recovery(
     out = {}
     for layer, a in alignment(drift, vector).items():
         d = a.to_dict()
+        if not math.isfinite(d["cosine"]):  # a zero drift (step 0) has no direction: JSON null
+            d["cosine"] = None
         d["recovered"] = a.projection / (alpha * a.vector_norm)
         out[layer] = d
     return out

@@ -4,7 +4,7 @@ follows"). Analyses call these; none re-states a rule.
 - A ratio is shown only when its denominator's CI excludes 0 (`ratio_or_undefined`).
 - Training variance is in every CI; one seed is said so and never called "transferred"
   (`seed_note`, `transfer_word`).
-- k tests → Holm before any "detected" (`holm`).
+- k tests → Holm before any "detected" (`holm`; a bootstrap test's p: `bootstrap_p`).
 - A permutation test must be able to reach its level (`min_attainable_p`,
   `permutations_for`, `check_permutations`).
 """
@@ -102,3 +102,13 @@ def check_permutations(n_permutations: int, level: float, what: str = "permutati
             f"{what}: {n_permutations} permutations cannot give p <= {level:.3g} (smallest p "
             f"{min_attainable_p(n_permutations):.3g}): use at least {permutations_for(level)}"
         )
+
+
+def bootstrap_p(replicates: Sequence[float]) -> float | None:
+    """One-sided bootstrap p of "the statistic is above 0": ``(1 + #replicates <= 0) / (1 +
+    #replicates)`` over the finite replicates (None without any). At level (1 − c) / 2 it rejects
+    when the percentile interval at c lies above 0, so k such tests take `holm` at that level."""
+    v = [float(x) for x in replicates if math.isfinite(float(x))]
+    if not v:
+        return None
+    return (1.0 + sum(x <= 0 for x in v)) / (1.0 + len(v))

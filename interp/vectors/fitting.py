@@ -250,6 +250,13 @@ def _steered_kl(
     loaded: LoadedModel, kb: KLBatch, vectors: dict[int, torch.Tensor], first: int
 ) -> torch.Tensor:
     """Mean KL(teacher || unprompted + v) over the batch's loss positions (differentiable in v)."""
+    return _position_kl(loaded, kb, vectors, first).mean()
+
+
+def _position_kl(
+    loaded: LoadedModel, kb: KLBatch, vectors: dict[int, torch.Tensor], first: int
+) -> torch.Tensor:
+    """KL(teacher || unprompted + v) at each of the batch's loss positions ([n_positions])."""
     hooks = {
         layer: lambda _m, _i, out, v=v: (
             (hidden_of(out) + v,) + tuple(out[1:]) if isinstance(out, tuple) else out + v
@@ -262,7 +269,7 @@ def _steered_kl(
         hidden = final_hidden(loaded.model, kb.batch)
     logq = torch.log_softmax(logits_at(loaded.model, hidden[kb.rows, kb.cols]), dim=-1)
     logp = kb.teacher_logprobs.to(logq.device)
-    return (logp.exp() * (logp - logq)).sum(-1).mean()
+    return (logp.exp() * (logp - logq)).sum(-1)
 
 
 def prepare_replay(loaded: LoadedModel, data: list[KLBatch], first: int) -> None:
@@ -292,6 +299,34 @@ def kl_divergence(
             total += _steered_kl(loaded, kb, vectors, first).item() * n
             count += n
     return total / count
+
+
+def kl_per_prompt(
+    loaded: LoadedModel,
+    data: list[KLBatch],
+    vector: SteeringVector | None = None,
+    alpha: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt of `data` (batch order): KL(prompted || unprompted + alpha * v) summed over its
+    response positions, and the number of those positions. A CI over prompts resamples these
+    pairs; ``sums.sum() / counts.sum()`` is `kl_divergence`."""
+    if vector is None:
+        vectors: dict[int, torch.Tensor] = {}
+        first = 0
+    else:
+        vectors = {layer: alpha * v.to(loaded.device) for layer, v in vector.vectors.items()}
+        first = min(vectors)
+    prepare_replay(loaded, data, first)
+    sums: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    with torch.no_grad():
+        for kb in data:
+            kl = _position_kl(loaded, kb, vectors, first).double().cpu()
+            n_rows = kb.batch.input_ids.shape[0]
+            rows = kb.rows.cpu()
+            sums.append(torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows, kl).numpy())
+            counts.append(torch.bincount(rows, minlength=n_rows).numpy().astype(np.float64))
+    return np.concatenate(sums), np.concatenate(counts)
 
 
 def kl_fit(

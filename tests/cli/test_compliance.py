@@ -175,11 +175,15 @@ def test_eval_compliance_on_a_run(setup, tiny, monkeypatch):
         assert entries[role]["projection"] == pytest.approx(p.tolist(), abs=1e-4)
         assert point["scores"]["projection"][role]["value"] == pytest.approx(p.mean().item(), 1e-4)
     m0, t, s = (proj[r].mean().item() for r in ("base", "teacher", "student"))
-    assert point["ratios"]["projection"]["transfer_ratio"]["value"] == pytest.approx(
-        (s - m0) / (t - m0), rel=1e-3
-    )
     r = point["ratios"]["projection"]["transfer_ratio"]
-    assert r["ci_low"] is None or r["ci_low"] <= r["value"] <= r["ci_high"]
+    gain = point["ratios"]["projection"]["teacher_gain"]
+    if gain["ci_low"] > 0 or gain["ci_high"] < 0:
+        assert r["value"] == pytest.approx((s - m0) / (t - m0), rel=1e-3)
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    else:  # a ratio over an unresolved teacher gain is undefined; the raw one is kept aside
+        assert r["value"] is None and r["undefined"] == "undefined: teacher gain not resolved"
+        raw = r["raw_over_unresolved_gain"]
+        assert raw["value"] == pytest.approx((s - m0) / (t - m0), rel=1e-3)
 
     report = (run / "compliance" / "report.md").read_text()
     assert "| scorer | base M0 | teacher T | student S | control C |" in report
@@ -188,18 +192,27 @@ def test_eval_compliance_on_a_run(setup, tiny, monkeypatch):
     assert len(rows) == 2 + 3 and len({ln.count("|") for ln in rows}) == 1  # scorers × roles
     saved = json.loads((run / "compliance" / "results.json").read_text())
     assert saved["versions"]["torch"] and "total_s" in saved["timings"]
-    # a ratio over a teacher gain whose CI straddles 0 is flagged; a saturated base is named
+    # a ratio over a teacher gain whose CI straddles 0 is not shown (not merely flagged); a
+    # saturated base is named
     pt = json.loads(json.dumps(point))
+    pt["ratios"]["phrase"]["transfer_ratio"] = {"value": 0.777, "ci_low": 0.5, "ci_high": 0.9}
+    pt["ratios"]["phrase"]["transfer_ratio_vs_control"] = {
+        "value": 0.6,
+        "ci_low": 0.2,
+        "ci_high": 1.0,
+    }
     pt["ratios"]["phrase"]["teacher_gain"] = {"value": 0.02, "ci_low": 0.0, "ci_high": 0.06}
     pt["scores"]["phrase"]["base"]["value"] = 0.98
     flagged = render_compliance_report({**saved, "points": [pt]})
-    assert "(T − M0 unresolved)" in flagged.split("| phrase |")[1].splitlines()[0]
+    row = flagged.split("| phrase |")[1].splitlines()[0]
+    assert row.count("undefined: teacher gain not resolved") == 2 and "0.777" not in row
     assert "**Ceiling:** the base already scores 0.98 on phrase" in flagged
     pt["ratios"]["phrase"]["teacher_gain"] = {"value": 0.5, "ci_low": 0.3, "ci_high": 0.7}
     pt["scores"]["phrase"]["base"]["value"] = 0.4
     clean = render_compliance_report({**saved, "points": [pt]})
     assert "scores 0.4 on phrase" not in clean and "on phrase (" not in clean
-    assert "unresolved" not in clean.split("| phrase |")[1].splitlines()[0]
+    row = clean.split("| phrase |")[1].splitlines()[0]
+    assert "undefined" not in row and row.startswith(" 0.777 [0.5, 0.9] | 0.6 [0.2, 1] |")
 
     # rerun: every role cached, nothing sampled; a new judge scores the saved answers only
     monkeypatch.setattr(generation, "sample_responses", _no_sampling)
@@ -219,7 +232,7 @@ def test_eval_compliance_on_a_run(setup, tiny, monkeypatch):
     assert "## Harmful compliance" in text and "compliance transfer ratio (projection)" in text
 
 
-def test_eval_compliance_on_a_study_via_cli(setup, monkeypatch, capsys):
+def test_eval_compliance_on_a_study_via_cli(setup, tiny, monkeypatch, capsys):
     study = setup / "study"
     for a in ("0", "2"):
         shutil.copytree(setup / "run", study / "points" / f"alpha_{a}" / "seed_0",
@@ -238,8 +251,17 @@ def test_eval_compliance_on_a_study_via_cli(setup, monkeypatch, capsys):
     run_res = run_compliance(setup / "run", ComplianceConfig(**SETTINGS), quiet=True)
     for s in ("phrase", "projection"):
         assert res["points"][1]["scores"][s] == run_res["points"][0]["scores"][s]
+    # the judge column is the local judge's P(yes) on each role's saved answers, recomputed
     judge = res["points"][0]["scores"]["judge"]
-    assert all(0 <= judge[r]["value"] <= 1 for r in judge) and res["config"]["judge_name"]
+    assert res["config"]["judge_name"] == "tiny-llama"
+    own = LocalJudge(tiny, batch_size=4)
+    prompts = GOALS[:3]
+    for role, f in res["role_files"][res["points"][0]["runs"][0]].items():
+        samples = json.loads((study / "compliance" / f).read_text())["samples"]
+        got = own([q for q, s in zip(prompts, samples, strict=True) for _ in s],
+                  [a for s in samples for a in s])  # fmt: skip
+        per_prompt = np.asarray(got).reshape(len(prompts), -1).mean(1)
+        assert judge[role]["value"] == pytest.approx(per_prompt.mean(), rel=1e-5), role
     report = (study / "compliance" / "report.md").read_text()
     assert "| point | scorer | base M0 |" in report
     assert "| alpha_2 | projection |" in report and "| alpha_0 | judge |" in report

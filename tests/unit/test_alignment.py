@@ -209,3 +209,172 @@ def test_noise_norm_and_corrected_cosine():
     proj = mean @ v / np.linalg.norm(v)
     assert res.cosine_corrected == pytest.approx(proj / np.sqrt(mean @ mean - noise**2), rel=1e-9)
     assert res.cosine < 0.8 < res.cosine_corrected
+
+
+# --- issue #15 item 7: noise-robust student − control, anisotropic null, attainable p ----------
+
+
+def _planted_pair(noise_student, noise_control, d=64, n=200, seed=20):
+    """Student and control drifts with the same true drift (cos 0.6 with v, length 1) and their
+    own prompt-to-prompt noise."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(d)
+    u = v / np.linalg.norm(v)
+    g = rng.standard_normal(d)
+    g -= (g @ u) * u
+    true = 0.6 * u + 0.8 * g / np.linalg.norm(g)
+    base = torch.zeros(n, 1, d, dtype=torch.float64)
+    student = torch.from_numpy(true + noise_student * rng.standard_normal((n, d)))[:, None]
+    control = torch.from_numpy(true + noise_control * rng.standard_normal((n, d)))[:, None]
+    return v, al.prompt_drift(base, student, [0]), al.prompt_drift(base, control, [0])
+
+
+def test_noisier_student_is_not_called_less_aligned_than_a_clean_control():
+    from analyses.align import alignment_claim
+
+    v, ps, pc = _planted_pair(noise_student=2.0, noise_control=0.3)
+    # the trap: raw cosines shrink with the noise, so comparing them (the old verdict) calls the
+    # clean control more aligned although both drifts are the same
+    boot = al.resample_weights(ps.weights, 1000, 0)
+    unit = v / np.linalg.norm(v)
+
+    def raw(pd):
+        m = boot @ pd.layer(0).numpy() / boot.sum(1, keepdims=True)
+        return m @ unit / np.linalg.norm(m, axis=1)
+
+    assert np.quantile(raw(ps) - raw(pc), 0.975) < 0
+    cmp = al.compare_drifts(ps, pc, torch.from_numpy(v), 0, n_boot=1000, seed=0)
+    assert cmp.measure == "projection"
+    assert cmp.ci_low < 0 < cmp.ci_high  # the same true drift: no difference resolved
+    # by hand: paired resamples of the per-prompt projection differences
+    x = (ps.layer(0).numpy() - pc.layer(0).numpy()) @ unit
+    reps = boot @ x / boot.sum(1)
+    assert (cmp.ci_low, cmp.ci_high) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    assert cmp.diff == pytest.approx(x.mean())
+    # the noise-corrected cosines both recover the true 0.6; the raw student cosine does not
+    assert cmp.cosine_a < cmp.cosine_b - 0.05
+    assert cmp.cosine_corrected_a == pytest.approx(0.6, abs=0.12)
+    assert cmp.cosine_corrected_b == pytest.approx(0.6, abs=0.05)
+    results = {"student_minus_control": [{"vector": "v", "positions": "last", **cmp.to_dict()}]}
+    assert alignment_claim(results, "v", "last", 0) == (
+        "no movement along v_teacher beyond the control"
+    )
+    # and a student that does move further along v is still found
+    more = ps.diffs + torch.from_numpy(0.5 * unit)[None, None, :]
+    ps_more = al.PromptDrift(more, ps.weights, ps.layers, ps.weighting)
+    cmp2 = al.compare_drifts(ps_more, pc, torch.from_numpy(v), 0, n_boot=1000, seed=0)
+    assert cmp2.ci_low > 0
+    results = {"student_minus_control": [{"vector": "v", "positions": "last", **cmp2.to_dict()}]}
+    assert "moves further" in alignment_claim(results, "v", "last", 0)
+    with pytest.raises(SublensError, match="different prompts"):
+        al.compare_drifts(ps, al.prompt_drift(torch.zeros(5, 1, 64), torch.ones(5, 1, 64), [0]),
+                          torch.from_numpy(v), 0)  # fmt: skip
+
+
+def test_covariance_null_gives_the_anisotropic_band():
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    d, rows = 64, 4000
+    rng = np.random.default_rng(30)
+    sd = np.ones(d)
+    sd[0] = 20.0  # one direction carries most of the variance, as in residual streams
+    acts = rng.standard_normal((rows, d)) * sd
+    loud, quiet = np.eye(d)[0], np.eye(d)[5]
+    truth = rng.standard_normal((40000, d)) * sd  # the true distribution, independent draws
+
+    def band(u):
+        return float(np.quantile(np.abs(truth @ u / np.linalg.norm(truth, axis=1)), 0.95))
+
+    iso = al.random_cosine_null(d, n=4000, seed=0)
+    for u in (loud, quiet):
+        cov = al.covariance_cosine_null(torch.from_numpy(acts), u, n=4000, seed=1)
+        assert cov.kind == "activation-covariance"
+        assert cov.empirical_bound == pytest.approx(band(u), abs=0.02)
+    cov_loud = al.covariance_cosine_null(acts, loud, n=4000, seed=1)
+    cov_quiet = al.covariance_cosine_null(acts, quiet, n=4000, seed=1)
+    assert band(loud) > 0.9 and cov_loud.empirical_bound > 3 * iso.exact_bound
+    assert cov_quiet.empirical_bound < iso.exact_bound
+    # a drift that is just an activation-shaped random direction: the isotropic null calls it
+    # aligned with the loud direction, the covariance null does not
+    z = rng.standard_normal(d)
+    z[0] = 1.0  # one standard deviation along the loud direction: an ordinary draw
+    drift = z * sd
+    obs = drift @ loud / np.linalg.norm(drift)
+    assert al.null_test(obs, iso, "greater").p_value < 0.01
+    assert al.null_test(obs, cov_loud, "greater").p_value > 0.05
+    # Ledoit-Wolf shrinkage from the Gram matrix equals sklearn's; few rows: shrunk, full rank
+    few = acts[:16]
+    assert al.ledoit_wolf_shrinkage(few) == pytest.approx(ledoit_wolf_shrinkage(few), rel=1e-9)
+    shrunk = al.covariance_cosine_null(few, quiet, n=500, seed=2)
+    assert 0 < shrunk.shrinkage <= 1 and np.isfinite(shrunk.samples).all()
+    plain = al.covariance_cosine_null(few, quiet, n=500, seed=2, shrinkage=0.0)
+    assert plain.shrinkage == 0.0
+    with pytest.raises(SublensError, match="n_rows >= 2"):
+        al.covariance_cosine_null(acts[:1], loud)
+
+
+def test_every_p_has_its_smallest_attainable_p():
+    from analyses.align import p_text
+    from interp.measure.traits import BUILTIN_TRAITS
+
+    samples = np.linspace(-0.5, 0.5, 6)  # six unrelated vectors: p can never be below 1/7
+    t = al.null_test(0.9, samples, "greater")
+    assert t.p_value == pytest.approx(1 / 7) and t.min_p == pytest.approx(1 / 7)
+    assert t.to_dict()["min_p"] == pytest.approx(1 / 7)
+    assert al.random_cosine_null(8, n=99).to_dict()["min_p"] == pytest.approx(0.01)
+    assert p_text(t.p_value, t.min_p) == "p=0.143 (min 0.14)"
+    # the unrelated-trait null has enough traits to reach p <= 0.05 whatever the run's trait
+    for name, trait in BUILTIN_TRAITS.items():
+        got = al.unrelated_trait_prompts([name], [trait.system_prompt])
+        assert name not in got and trait.system_prompt not in got.values()
+        assert len(got) >= al.MIN_UNRELATED and 1 / (len(got) + 1) <= 0.05
+    assert "eagle" not in al.unrelated_trait_prompts(["eagle"])
+    assert len(set(al.unrelated_trait_prompts().values())) == len(al.unrelated_trait_prompts())
+
+
+# --- issue #15 item 2 (align): shares only over a resolved gain ---------------------------------
+
+
+def test_intervention_shares_need_a_resolved_gain():
+    from analyses.align import intervention_shares, share_text
+
+    rng = np.random.default_rng(40)
+    n = 40
+    base = rng.normal(0, 0.1, n)
+
+    def scores(student_gain, control_gain):
+        return {
+            "base": base,
+            "teacher": base + 1.0 + rng.normal(0, 0.05, n),
+            "student": base + student_gain + rng.normal(0, 0.05, n),
+            "control": base + control_gain + rng.normal(0, 0.05, n),
+            "base + v_student": base + 0.2 + rng.normal(0, 0.05, n),
+            "student − shift along v_teacher": base + 0.1 + rng.normal(0, 0.05, n),
+            "base + v_teacher": base + 0.5 + rng.normal(0, 0.05, n),
+        }
+
+    # no student gain at all: its shares would divide by noise
+    got = intervention_shares(scores(0.0, 0.0), 500, 0)
+    assert got["student_gain"]["ci_low"] < 0 < got["student_gain"]["ci_high"]
+    for key in ("sufficiency_student", "necessity_student"):
+        assert got[key]["share"] is None and not got[key]["defined"]
+        assert share_text(got[key]) == "undefined: student gain not resolved"
+    assert got["sufficiency_teacher"]["defined"]  # the teacher's gain is resolved
+    # a student gain that number training alone gives (the control gains as much)
+    got = intervention_shares(scores(0.5, 0.5), 500, 0)
+    assert got["student_gain"]["ci_low"] > 0
+    assert got["student_minus_control"]["ci_low"] < 0 < got["student_minus_control"]["ci_high"]
+    assert share_text(got["sufficiency_student"]) == (
+        "undefined: student gain not resolved beyond the control"
+    )
+    # a resolved gain beyond the control: the share, by hand
+    pq = scores(0.5, 0.0)
+    got = intervention_shares(pq, 500, 0)
+    expect = (pq["base + v_student"].mean() - base.mean()) / (pq["student"].mean() - base.mean())
+    assert got["sufficiency_student"]["defined"]
+    assert got["sufficiency_student"]["share"] == pytest.approx(expect, rel=1e-9)
+    assert share_text(got["sufficiency_student"]).startswith(f"{expect:.3f} [")
+    # an unresolved teacher gain: the teacher's share is undefined, said so
+    pq["teacher"] = base + rng.normal(0, 0.3, n)
+    got = intervention_shares(pq, 500, 0)
+    assert share_text(got["sufficiency_teacher"]) == "undefined: teacher gain not resolved"

@@ -12,6 +12,7 @@ import types
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 
 from analyses.defend import DEFENSE_NAMES, NO_INIT, defense_overrides, run_defend
 from analyses.report import build_report
-from analyses.studies import _run_hash, base_config, point_config
+from analyses.studies import _run_hash, base_config, fmt_ci, point_config
 from interp.core.backends.base import decoder_layers, hidden_of
 from interp.core.chat import ChatFormat
 from interp.core.errors import SublensError
@@ -32,6 +33,7 @@ from interp.distill.run import config_from_dict, run_hash
 from interp.distill.targets import TeacherTargets, read_rows, write_teacher_targets
 from interp.distill.teachers import Teacher
 from interp.distill.train import TrainConfig, load_student, train_student
+from interp.measure.verdicts import ONE_SEED_NOTE
 from interp.vectors.steering import SteeringVector
 
 TOML = tiny_run_toml(optimizer="adamw", n_questions=6)
@@ -138,8 +140,9 @@ def test_config_hash_differs_per_defense(tiny, tmp_path):
     old = json.loads(json.dumps(resolved))
     for key in ("project_out", "mask_divergent", "init_from", "vector_layer"):
         old["train"].pop(key)
-    for key in ("paraphrase", "drop_flagged", "drop_fallback_top", "control_system_prompt"):
-        old["data"].pop(key)
+    for key in ("paraphrase", "drop_flagged", "drop_fallback_top", "control_system_prompt",
+                "select", "select_top"):  # fmt: skip
+        old["data"].pop(key, None)
     old = {k: v for k, v in old.items() if k not in ("output_path", "device")}
     assert run_hash(resolved) == config_hash(old)
     # the checkpoints' own hash covers the defense, and project-out vectors by content
@@ -284,6 +287,7 @@ def test_run_defend_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
         preset="full",
         heldout_n=6,
         n_boot=200,
+        seeds=1,  # the default is 3 (studies); one keeps this test short
         quiet=True,
     )
     names = "none,mask-divergent,paraphrase,drop-flagged,different-init"
@@ -292,18 +296,31 @@ def test_run_defend_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
         assert (out / f).is_file(), f
     d = res["defenses"]
     assert res["order"] == names.split(",")
-    # the reduction is ratio(none) − ratio(defense); one seed: the runs' own headline ratios
+    # the ranking: (τS − τC)_none − (τS − τC)_defense; one seed: the runs' own headlines
     runs = {
         n: read_json(out / "defenses" / n / "seed_0" / "results.json")
         for n in d
         if n != "different-init"
     }
-    ratio = {n: r["headline"]["transfer_ratio_student"]["ratio"] for n, r in runs.items()}
+    smc = {n: r["headline"]["student_minus_control"]["diff"] for n, r in runs.items()}
+    gain = runs["none"]["headline"]["teacher_gain"]
+    resolved = gain["ci_low"] > 0 or gain["ci_high"] < 0
     for n in ("mask-divergent", "drop-flagged"):
-        assert d[n]["transfer_ratio"]["value"] == pytest.approx(ratio[n], rel=1e-9)
-        red = d[n]["reduction"]
-        assert red["value"] == pytest.approx(ratio["none"] - ratio[n], rel=1e-9, abs=1e-12)
-        assert red["ci_low"] <= red["value"] <= red["ci_high"]
+        got = d[n]["gain_reduction"]
+        assert got["value"] == pytest.approx(smc["none"] - smc[n], rel=1e-9, abs=1e-12)
+        assert got["ci_low"] <= got["value"] <= got["ci_high"]
+        assert d[n]["gain_reduction_p_holm"] >= d[n]["gain_reduction_p"] > 0
+        # the ratio and its reduction vs none: only over a resolved teacher gain
+        ratio = {k: read_json(out / "defenses" / k / "seed_0" / "results.json")["headline"]
+                 .get("ratios_over_unresolved_gain", runs[k]["headline"])
+                 ["transfer_ratio_student"]["ratio"] for k in ("none", n)}  # fmt: skip
+        if resolved:
+            assert d[n]["transfer_ratio"]["value"] == pytest.approx(ratio[n], rel=1e-9)
+            red = d[n]["reduction"]
+            assert red["value"] == pytest.approx(ratio["none"] - ratio[n], rel=1e-9, abs=1e-12)
+        else:
+            assert d[n]["transfer_ratio"]["undefined"] == "undefined: teacher gain not resolved"
+            assert d[n]["reduction"]["value"] is None
     # different-init without --init-from: said so, never a number
     assert d["different-init"] == {"available": False, "note": NO_INIT}
     table = (out / "table.md").read_text()
@@ -419,35 +436,166 @@ def test_different_init_starts_from_the_other_model(tiny, tmp_path):
         )
 
 
+def _ci(v, lo, hi):
+    return {"value": v, "ci_low": lo, "ci_high": hi}
+
+
 def test_recommendation_follows_the_numbers():
     from analyses.defend import recommend
 
-    def ci(v, lo, hi):
-        return {"value": v, "ci_low": lo, "ci_high": hi}
-
-    def row(red, task=0.0, ppl=0.0, matched=True):
+    def row(red, p, task=0.0, ppl=0.0, matched=True):
         return {
             "available": True,
-            "reduction": ci(*red),
+            "gain_reduction": _ci(*red),
+            "gain_reduction_p": p,
             "task_cost": task,
             "ppl_cost": ppl,
             "loss_matched": matched,
         }
 
-    none = {"available": True, "transfer_ratio": ci(0.5, 0.2, 0.8)}
+    none = {"available": True, "student_minus_control": _ci(0.5, 0.2, 0.8)}
     table = {
         "none": none,
-        "a": row((0.3, 0.1, 0.5)),
-        "b": row((0.45, 0.2, 0.7), task=0.2),  # more effective, too costly
-        "c": row((0.4, -0.1, 0.9)),  # CI includes 0
+        "a": row((0.3, 0.1, 0.5), 0.001),
+        "b": row((0.45, 0.2, 0.7), 0.001, task=0.2),  # more effective, too costly
+        "c": row((0.4, -0.1, 0.9), 0.2),  # not resolved
         "d": {"available": False, "note": "not available"},
     }
     assert recommend(table, 0.05, 0.05).startswith("Use a:")
+    assert table["a"]["effective"] and not table["c"]["effective"]
     table["a"]["loss_matched"] = False  # did not train: not a defense
-    assert recommend(table, 0.05, 0.05).startswith("b reduced transfer most")
+    assert recommend(table, 0.05, 0.05).startswith("b reduced the gain beyond the control most")
     assert (
         "no defense reduced transfer beyond noise"
         in recommend({"none": none, "c": table["c"]}, 0.05, 0.05).lower()
     )
-    flat = {"none": {"available": True, "transfer_ratio": ci(0.1, -0.2, 0.4)}, "a": table["a"]}
+    flat = {"none": {"available": True, "student_minus_control": _ci(0.1, -0.2, 0.4)}, "a": row(
+        (0.3, 0.1, 0.5), 0.001)}  # fmt: skip
     assert "no transfer to defend against" in recommend(flat, 0.05, 0.05)
+
+
+def test_defenses_are_tested_with_holm():
+    """Three defenses, two with a one-sided p of 0.02 each: alone either would count (0.02 <=
+    0.025, its 95% CI above 0), but three tests need Holm, which gives 0.06."""
+    from analyses.defend import recommend
+
+    def row(p):
+        return {
+            "available": True,
+            "reduction": _ci(0.3, 0.1, 0.5),  # the old rule read this CI (against the base)
+            "gain_reduction": _ci(0.3, 0.01, 0.5),
+            "gain_reduction_p": p,
+            "task_cost": 0.0,
+            "ppl_cost": 0.0,
+            "loss_matched": True,
+        }
+
+    none = {"available": True, "transfer_ratio": _ci(0.5, 0.2, 0.8),
+            "student_minus_control": _ci(0.5, 0.2, 0.8)}  # fmt: skip
+    table = {"none": none, "sgd": row(0.02), "paraphrase": row(0.02), "mask-divergent": row(0.5)}
+    text = recommend(table, 0.05, 0.05)
+    assert text.startswith("No defense reduced transfer beyond noise") and "3 defense" in text
+    assert table["sgd"]["gain_reduction_p_holm"] == pytest.approx(0.06)
+    assert not any(table[n]["effective"] for n in ("sgd", "paraphrase", "mask-divergent"))
+    alone = {"none": none, "sgd": row(0.02)}
+    assert recommend(alone, 0.05, 0.05).startswith("Use sgd:")
+
+
+def _planted_study(offsets, n_seeds=3, n_q=40, teacher=1.0, seed=0):
+    """Study results of `summarise_defenses`: per defense (student, control) trait offsets over
+    a shared question effect, with small per-seed and per-question noise."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(0, 0.1, n_q)  # every model answers the same questions
+    base = [q + rng.normal(0, 0.02, n_q) for _ in range(n_seeds)]
+    teach = [b + teacher + rng.normal(0, 0.03, n_q) for b in base]
+
+    def pq(x):
+        return {"per_question": x.tolist(), "mean": float(x.mean())}
+
+    runs, costs, notes = {}, {}, {}
+    for name, (s_off, c_off) in offsets.items():
+        runs[name], costs[name], notes[name] = [], [], []
+        for k in range(n_seeds):
+            st = base[k] + s_off + rng.normal(0, 0.03, n_q)
+            ct = base[k] + c_off + rng.normal(0, 0.03, n_q)
+            runs[name].append({"run": f"{name}/seed_{k}", "trait": "owl",
+                               "config": {"model": "tiny-llama"}, "headline": {
+                "tau_base": pq(base[k]), "tau_teacher": pq(teach[k]), "tau_student": pq(st),
+                "tau_control": pq(ct), "transfer_ratio_student": {"ratio": None},
+            }})  # fmt: skip
+            costs[name].append({"task_nll": [1.0] * 6, "task_tokens": [4] * 6,
+                                "text_nll": [2.0] * 3, "text_tokens": [8] * 3})  # fmt: skip
+            notes[name].append({"final_loss": 1.0, "first_loss": 2.0, "objective": "sft",
+                                "optimizer": "adamw", "lr": 1e-4})  # fmt: skip
+    base_cost = {"task_nll": [1.0] * 6, "task_tokens": [4] * 6, "text_nll": [2.0] * 3,
+                 "text_tokens": [8] * 3}  # fmt: skip
+    return runs, costs, base_cost, notes
+
+
+def test_ranking_is_on_the_gain_beyond_the_control_not_on_the_base():
+    """Planted: sgd only slows learning (student and control both gain 0.4 less: the same gain
+    beyond the control), mask-divergent removes 0.15 of the student's gain beyond the control.
+    Against the base sgd looks best (its ratio drops 0.4 vs 0.15); beyond the control it
+    removes nothing."""
+    from analyses.defend import render_table, summarise_defenses
+
+    names = ["none", "sgd", "mask-divergent"]
+    offsets = {"none": (0.6, 0.4), "sgd": (0.2, 0.0), "mask-divergent": (0.45, 0.4)}
+    runs, costs, base_cost, notes = _planted_study(offsets)
+    res = summarise_defenses(runs, costs, base_cost, notes, {}, names, n_boot=1000)
+    d = res["defenses"]
+    # the old ranking quantity, against the base, prefers sgd
+    assert d["sgd"]["reduction"]["value"] > d["mask-divergent"]["reduction"]["value"] + 0.2
+    assert d["sgd"]["reduction"]["ci_low"] > 0
+    # the advice follows the gain beyond the control (the old ranking said "Use sgd")
+    assert res["recommendation"].startswith("Use mask-divergent:"), res["recommendation"]
+    # beyond the control: sgd removes nothing, mask-divergent 0.15
+    assert d["sgd"]["gain_reduction"]["value"] == pytest.approx(0.0, abs=0.03)
+    assert d["mask-divergent"]["gain_reduction"]["value"] == pytest.approx(0.15, abs=0.03)
+    assert not d["sgd"]["effective"] and d["mask-divergent"]["effective"]
+    assert "student's gain beyond its control" in res["recommendation"]
+    assert res["seed_note"] is None and "Holm" in res["ranking"]
+    # the reduction is paired: the same replicates for both defenses, recomputed by hand
+    smc = {n: np.mean([np.mean(np.array(r["headline"]["tau_student"]["per_question"])
+                               - np.array(r["headline"]["tau_control"]["per_question"]))
+                       for r in runs[n]]) for n in names}  # fmt: skip
+    assert d["mask-divergent"]["gain_reduction"]["value"] == pytest.approx(
+        smc["none"] - smc["mask-divergent"], rel=1e-9
+    )
+    row = next(x for x in render_table(res).splitlines() if x.startswith("| mask-divergent"))
+    assert "effective" in row and "Holm p=" in row
+    # too few replicates to reach Holm's level over 2 defenses: said, not silently "no effect"
+    few = summarise_defenses(runs, costs, base_cost, notes, {}, names, n_boot=50)
+    assert "use --n-boot 79 or more" in few["recommendation"]
+    # `sublens study compare` shows the same ranking quantity
+    from analyses.compare import _row
+    from analyses.compare import render_report as compare_report
+
+    text = compare_report({"rows": [_row({**res, "run": "study"})], "figures": []})
+    cell = next(x for x in text.splitlines() if x.startswith("| mask-divergent"))
+    assert fmt_ci(d["mask-divergent"]["gain_reduction"]) in cell and "effective" in cell
+
+
+def test_no_ratio_over_an_unresolved_teacher_gain():
+    from analyses.defend import render_table, summarise_defenses, summary_lines
+
+    names = ["none", "mask-divergent"]
+    offsets = {"none": (0.3, 0.0), "mask-divergent": (0.05, 0.0)}
+    runs, costs, base_cost, notes = _planted_study(offsets, n_seeds=1, teacher=0.0)
+    res = summarise_defenses(runs, costs, base_cost, notes, {}, names, n_boot=1000)
+    d = res["defenses"]
+    assert d["none"]["teacher_gain"]["ci_low"] < 0 < d["none"]["teacher_gain"]["ci_high"]
+    for n in names:
+        for key in ("transfer_ratio", "transfer_ratio_vs_control"):
+            assert d[n][key]["value"] is None, (n, key)
+            assert d[n][key]["undefined"] == "undefined: teacher gain not resolved"
+    for key in ("reduction", "reduction_vs_control"):
+        assert d["mask-divergent"][key]["value"] is None
+    # the ranking needs no teacher gain: still there
+    assert d["mask-divergent"]["gain_reduction"]["ci_low"] > 0
+    table = render_table(res)
+    row = next(x for x in table.splitlines() if x.startswith("| none"))
+    assert row.split("|")[6].strip() == "undefined: teacher gain not resolved"  # ratio column
+    # one seed: said so, next to the advice
+    assert res["seed_note"] == ONE_SEED_NOTE and ONE_SEED_NOTE in res["recommendation"]
+    assert any("undefined: teacher gain not resolved" in x for x in summary_lines(res))

@@ -141,8 +141,33 @@ def test_precond_sgd_is_adamw_then_sgd_with_frozen_adam_scales():
 
 
 def test_make_optimizer_names():
+    """Each name is its own update rule with the given lr: two steps (gradients g, then 2g) from
+    zero against the rule written out by hand (weight decay 0, so AdamW is Adam)."""
+    lr, g = 0.1, torch.tensor([0.5, -2.0, 1e-3])
+    sign = torch.sign(g)
+
+    def adam(scale2: float) -> torch.Tensor:  # Adam's second step for gradient scale2 * g
+        m = (0.9 * 0.1 + 0.1 * scale2) / (1 - 0.9**2)
+        v = (0.999 * 0.001 + 0.001 * scale2**2) / (1 - 0.999**2)
+        return m / math.sqrt(v) * sign
+
+    expected = {
+        "sgd": -lr * 3 * g,  # lr g, then lr 2g
+        "sgd-momentum": -lr * (g + (0.9 * g + 2 * g)),  # buffer g, then 0.9 g + 2g
+        "rmsprop": -lr * sign * (1 / 0.1 + 2 / (0.99 * 0.01 + 0.01 * 4) ** 0.5),  # alpha 0.99
+        "signsgd": -lr * 2 * sign,
+        "adamw": -lr * (sign + adam(2.0)),
+        "precond-sgd": -lr * (sign + 2 * sign),  # AdamW step, then SGD with 1 / |g| frozen
+    }
+    assert set(expected) == set(OPTIMIZERS)
     for name in OPTIMIZERS:
-        assert make_optimizer(name, [torch.nn.Parameter(torch.zeros(2))], lr=0.1) is not None
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = make_optimizer(name, [p], lr=lr, warmup_steps=1)
+        assert opt.param_groups[0]["lr"] == lr
+        for scale in (1.0, 2.0):
+            p.grad = scale * g
+            opt.step()
+        assert torch.allclose(p.detach(), expected[name], rtol=1e-4, atol=1e-6), name
     with pytest.raises(SublensError, match="adamw, sgd"):
         make_optimizer("adam-ish", [torch.nn.Parameter(torch.zeros(2))], lr=0.1)
 

@@ -15,18 +15,20 @@ import numpy as np
 import pytest
 import torch
 from helpers import tiny_run_toml
+from sklearn.model_selection import train_test_split
 
 import cli
 from analyses.align import run_align
 from analyses.probe import run_probe
 from analyses.report import build_report
-from analyses.runs import heldout_prompts, subset_layers
+from analyses.runs import data_rows, heldout_prompts, subset_layers
 from interp.core.caching import load_cache
 from interp.core.chat import ChatFormat
 from interp.core.errors import SublensError
 from interp.core.prompts import load_prompts
 from interp.distill.run import load_run_config, run_distillation
 from interp.distill.train import list_checkpoints, load_student
+from interp.measure.gradients import residual_gradients
 from interp.measure.probes import load_probes, train_probe
 from interp.measure.stats import resample_indices
 from interp.measure.traits import get_trait
@@ -105,7 +107,6 @@ def test_alignment_matches_hand_computation(mech, tiny):
         per_model[m] = _acts(load_student(tiny, ck), prompts, LAYER)
     v = mech["vec"][LAYER].double().numpy()
     unit = v / np.linalg.norm(v)
-    boots = {}
     for m, acts in per_model.items():
         last = np.stack([s[0] - b[0] for s, b in zip(acts, base, strict=True)])
         tok = np.stack([(s[1] - b[1]).mean(0) for s, b in zip(acts, base, strict=True)])
@@ -122,24 +123,38 @@ def test_alignment_matches_hand_computation(mech, tiny):
             coss = _boot(diffs, w, unit, N_BOOT, 0)
             lo, hi = np.quantile(coss, [0.025, 0.975])
             assert (e["ci_low"], e["ci_high"]) == pytest.approx((lo, hi), abs=1e-5)
-            boots[(m, pos)] = coss
             saved = SteeringVector.load(mech["run"] / "align" / "drift" / m / "step_000003" / pos)
             np.testing.assert_allclose(saved[LAYER].numpy(), drift, atol=1e-5)
-    # student − control: paired resamples (same prompts, same seed)
+    # student − control: projections on v̂ (not raw cosines, which shrink with each drift's
+    # noise), paired resamples (same prompts, same seed)
     d = next(
         x for x in res["student_minus_control"] if x["positions"] == "last" and x["layer"] == LAYER
     )
     s, c = (_entry(res, vector="vec", positions="last", model=m, step=3, layer=LAYER) for m in
             ("student", "control"))  # fmt: skip
-    assert d["diff"] == pytest.approx(s["cosine"] - c["cosine"])
-    lo, hi = np.quantile(boots[("student", "last")] - boots[("control", "last")], [0.025, 0.975])
+    assert d["measure"] == "projection"
+    assert d["diff"] == pytest.approx(s["projection"] - c["projection"], rel=1e-4, abs=1e-6)
+    diffs = {m: np.stack([a[0] - b[0] for a, b in zip(acts, base, strict=True)])
+             for m, acts in per_model.items()}  # fmt: skip
+    idx = resample_indices(N_PROMPTS, N_BOOT, 0)
+    reps = [(diffs["student"][r] - diffs["control"][r]).mean(0) @ unit for r in idx]
+    lo, hi = np.quantile(reps, [0.025, 0.975])
     assert (d["ci_low"], d["ci_high"]) == pytest.approx((lo, hi), abs=1e-5)
+    for m, key in (("student", "cosine_corrected_a"), ("control", "cosine_corrected_b")):
+        x = diffs[m]
+        mean = x.mean(0)
+        noise2 = ((x - mean) ** 2).sum() / N_PROMPTS**2
+        proj = mean @ unit
+        expect = proj / np.sqrt(max(mean @ mean - noise2, proj**2))
+        assert d[key] == pytest.approx(expect, rel=1e-4), m
     # step 0 is the base itself: no drift
     e0 = _entry(res, vector="vec", positions="all", model="student", step=0, layer=LAYER)
     assert e0["drift_norm"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_nulls_match_independent_computation(mech):
+    from analyses.align import N_COVARIANCE_NULL
+
     res = mech["align"]
     rnd = res["nulls"]["random"]
     d = rnd["d_model"]
@@ -147,13 +162,40 @@ def test_nulls_match_independent_computation(mech):
     mc = np.quantile(np.abs(g[:, 0] / np.linalg.norm(g, axis=1)), 0.95)
     assert rnd["exact_bound"] == pytest.approx(mc, abs=0.01)
     assert rnd["analytic_bound"] == pytest.approx(1.959964 / np.sqrt(d), rel=1e-4)
+    # at least 19 unrelated trait prompts: the smallest attainable p reaches 0.05
     u = next(x for x in res["unrelated_null"] if x["positions"] == "last" and x["layer"] == LAYER)
-    assert "owl" not in u["traits"] and len(u["null_cosines"]) == len(u["traits"]) >= 3
+    assert "owl" not in u["traits"] and len(u["null_cosines"]) == len(u["traits"]) >= 19
+    assert u["min_p"] == pytest.approx(1 / (1 + len(u["traits"]))) and u["min_p"] <= 0.05
     null = np.array(u["null_cosines"])
     obs = _entry(res, vector="vec", positions="last", model="student", step=3, layer=LAYER)
     assert u["observed"] == pytest.approx(obs["cosine"])
     assert u["z"] == pytest.approx((obs["cosine"] - null.mean()) / null.std(ddof=1))
     assert u["p_value"] == pytest.approx((1 + (null >= obs["cosine"]).sum()) / (1 + null.size))
+    # every p of a final checkpoint has its smallest attainable p beside it
+    finals = [e for e in res["alignment"] if e["step"] == res["final_steps"][e["model"]]]
+    assert finals and all("p_covariance" in e for e in finals)
+    for e in finals:
+        assert e["min_p_random"] == pytest.approx(1 / (1 + rnd["n"]))
+        assert e["min_p_covariance"] == pytest.approx(1 / (1 + N_COVARIANCE_NULL))
+        assert (
+            e["min_p_random"] <= e["p_random"] <= 1 and e["min_p_covariance"] <= e["p_covariance"]
+        )
+    # the covariance null: random directions with the Ledoit-Wolf covariance of the base's
+    # held-out activations, against an independent sklearn + numpy Monte Carlo
+    from sklearn.covariance import LedoitWolf
+
+    base = load_cache(mech["run"] / "acts" / f"heldout-n{N_PROMPTS}-s0" / "base" / "last")
+    cov = LedoitWolf().fit(base.layer(LAYER).double().numpy()).covariance_
+    v = mech["vec"][LAYER].double().numpy()
+    draws = np.random.default_rng(7).multivariate_normal(np.zeros(d), cov, size=20000)
+    mc_cos = draws @ v / (np.linalg.norm(draws, axis=1) * np.linalg.norm(v))
+    c = next(x for x in res["nulls"]["covariance"]
+             if x["positions"] == "last" and x["layer"] == LAYER)  # fmt: skip
+    assert c["n"] == N_COVARIANCE_NULL and c["min_p"] == pytest.approx(1 / (1 + c["n"]))
+    assert c["empirical_bound"] == pytest.approx(np.quantile(np.abs(mc_cos), 0.95), abs=0.03)
+    assert obs["p_covariance"] == pytest.approx(
+        (1 + (mc_cos >= obs["cosine"]).sum()) / (1 + mc_cos.size), abs=0.03
+    )
     # one unrelated vector recomputed by hand: diff of last-token means, prompted − unprompted
     drift = SteeringVector.load(
         mech["run"] / "align" / "drift" / "student" / "step_000003" / "last"
@@ -167,7 +209,7 @@ def test_nulls_match_independent_computation(mech):
     assert null[k] == pytest.approx(_cos(drift[LAYER].double().numpy(), v_dog.numpy()), abs=1e-6)
 
 
-def test_interventions_and_gradients(mech):
+def test_interventions_and_gradients(mech, tiny):
     res = mech["align"]
     iv = res["interventions"]["vec"]
     assert iv["layer"] == LAYER and iv["step"] == 3
@@ -178,24 +220,59 @@ def test_interventions_and_gradients(mech):
     def pq(name):
         return np.array(iv["scores"][name]["trait"]["per_question"])
 
-    m, s, t = pq("base"), pq("student"), pq("teacher")
+    m, s = pq("base"), pq("student")
     saved = json.loads((mech["run"] / "eval" / "scores.json").read_text())
     assert m.tolist() == pytest.approx(saved["base"]["trait"]["per_question"])
+    assert pq("control").tolist() == pytest.approx(saved["control"]["3"]["trait"]["per_question"])
+    sh = iv["shares"]
+    assert sh["student_gain"]["diff"] == pytest.approx(s.mean() - m.mean())
+    assert sh["student_minus_control"]["diff"] == pytest.approx(s.mean() - pq("control").mean())
+
+    def resolved(d, above=False):
+        return d["ci_low"] > 0 or (not above and d["ci_high"] < 0)
+
+    gain_ok = {
+        "student": resolved(sh["student_gain"]) and resolved(sh["student_minus_control"], True),
+        "teacher": resolved(sh["teacher_gain"]),
+        "prompted": resolved(sh["prompted_gain"]),
+    }
+    report = (mech["run"] / "align" / "report.md").read_text()
     for key, x, ref in (
-        ("sufficiency_student", "base + v_student", s),
-        ("necessity_student", "student − shift along v_teacher", s),
-        ("sufficiency_control", "base + v_control", s),
-        ("sufficiency_teacher", "base + v_teacher", t),
-        ("necessity_teacher", "prompted − v_teacher", pq("prompted")),
+        ("sufficiency_student", "base + v_student", "student"),
+        ("necessity_student", "student − shift along v_teacher", "student"),
+        ("sufficiency_control", "base + v_control", "student"),
+        ("sufficiency_teacher", "base + v_teacher", "teacher"),
+        ("necessity_teacher", "prompted − v_teacher", "prompted"),
     ):
-        expect = (pq(x).mean() - m.mean()) / (ref.mean() - m.mean())
-        assert iv["shares"][key]["share"] == pytest.approx(expect, rel=1e-9), key
+        if gain_ok[ref]:  # a share only over a resolved gain
+            expect = (pq(x).mean() - m.mean()) / (pq(ref).mean() - m.mean())
+            assert sh[key]["defined"] and sh[key]["share"] == pytest.approx(expect, rel=1e-9), key
+        else:
+            assert sh[key]["share"] is None and sh[key]["ci_low"] is None, key
+            assert sh[key]["undefined"].startswith(f"undefined: {ref}"), key
+            row = next(x for x in report.splitlines() if x.startswith(f"| {key} (vec"))
+            assert sh[key]["undefined"] in row, key
     # the steered base differs from the base: the intervention took effect
     assert not np.allclose(pq("base + v_teacher"), m)
     g = res["gradients"]["vec"]
     assert g["layer"] == LAYER and g["n_teacher_rows"] == g["n_control_rows"] <= 8
-    assert -1 <= g["difference_cosine"] <= 1
-    assert g["teacher"]["ci_low"] <= g["teacher"]["mean_cosine"] <= g["teacher"]["ci_high"]
+    # the gradient alignment recomputed from the rows align should use: teacher and control rows
+    # answering the same prompts, pushes −grad, against the vector at the headline layer
+    teach, ctrl = data_rows(mech["run"], "teacher"), data_rows(mech["run"], "control")
+    by_prompt = {r["messages"][0]["content"]: r for r in ctrl}
+    pairs = [(r, by_prompt[r["messages"][0]["content"]]) for r in teach
+             if r["messages"][0]["content"] in by_prompt][:8]  # fmt: skip
+    assert len(pairs) == g["n_teacher_rows"] and g["paired"]
+    push_t, push_c = (
+        -residual_gradients(tiny, [p[k] for p in pairs], LAYER, batch_size=8).double().numpy()
+        for k in (0, 1)
+    )
+    v = mech["vec"][LAYER].double().numpy()
+    assert g["difference_cosine"] == pytest.approx(
+        _cos(push_t.mean(0) - push_c.mean(0), v), abs=1e-5
+    )
+    cos_t = push_t @ v / (np.linalg.norm(push_t, axis=1) * np.linalg.norm(v))
+    assert g["teacher"]["mean_cosine"] == pytest.approx(cos_t.mean(), abs=1e-5)
     for f in res["figures"]:
         assert (mech["run"] / "align" / f).stat().st_size > 0
     on_disk = json.loads((mech["run"] / "align" / "results.json").read_text())
@@ -218,7 +295,17 @@ def test_probe_curve_matches_hand_application(mech, tiny):
     w = p.coef / p.scale
     v = mech["vec"][LAYER].double().numpy()
     assert res["probe_vs_vector_cosine"]["vec"][str(LAYER)] == pytest.approx(_cos(w, v), abs=1e-5)
-    assert 0.0 <= res["probes"][str(LAYER)]["auroc"] <= 1.0
+    # the stored AUROC is the saved probe's on its own held-out split, recomputed by ranks
+    acts_dir = mech["run"] / "acts" / "probe-n12-s0"
+    pos = load_cache(acts_dir / "prompted" / "last").layer(LAYER).double().numpy()
+    neg = load_cache(acts_dir / "base" / "last").layer(LAYER).double().numpy()
+    xs, ys = np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    _, test = train_test_split(np.arange(len(ys)), test_size=0.25, random_state=0, stratify=ys)
+    score = ((xs[test] - p.mean) / p.scale) @ p.coef + p.intercept
+    s1, s0 = score[ys[test] == 1], score[ys[test] == 0]
+    wins = (s1[:, None] > s0[None, :]).sum() + 0.5 * (s1[:, None] == s0[None, :]).sum()
+    assert res["probes"][str(LAYER)]["auroc"] == pytest.approx(wins / (s1.size * s0.size))
+    assert res["probes"][str(LAYER)]["n_test"] == test.size == 6  # ceil(0.25 · 24) held out
     assert res["reference"]["base (prompted)"][str(LAYER)]["n_prompts"] == N_PROMPTS
 
 
@@ -227,7 +314,8 @@ def test_report_full_and_partial(mech, tmp_path):
     for needle in (
         "Headline numbers",
         "transfer ratio (student)",
-        "cos student − cos control",
+        "projection on v̂ student − control",
+        "min 0.0",  # every p with its smallest attainable p
         "sufficiency_student",
         "probe AUROC",
         "align/alignment_over_training.png",
@@ -236,6 +324,14 @@ def test_report_full_and_partial(mech, tmp_path):
         "Nothing: every part ran.",
     ):
         assert needle in report, needle
+    # the student − control row is in the run's headline table as well as in align's section
+    assert report.count("| projection on v̂ student − control (vec, L2, last)") == 2
+    from analyses.align import summary_lines
+
+    lines = summary_lines(mech["align"])  # what `sublens align` prints
+    d = next(x for x in mech["align"]["student_minus_control"]
+             if x["positions"] == "last" and x["layer"] == LAYER)  # fmt: skip
+    assert any(x.startswith("vec L2 last: projection") and f"{d['diff']:.3g}" in x for x in lines)
     # a partial run: config, data and the student's first two checkpoints only
     part = tmp_path / "partial"
     part.mkdir()

@@ -41,6 +41,7 @@ def _sweep(d, **kw):
         output_path=d / "sweep",
         config_path=d / "run.toml",
         preset="full",
+        seeds=1,  # one seed: the point's ratio is the run's own (and the sweep stays quick)
         n_boot=200,
         max_refits=10,
         quiet=True,
@@ -70,10 +71,16 @@ def test_transfer_ratio_sweep_writes_and_resumes(setup):
     assert (out / "points/alpha_2/seed_0" / ck).stat().st_ino == (
         out / "points/alpha_0/seed_0" / ck
     ).stat().st_ino
-    assert res["threshold"]["transfer_ratio"]["verdict"] in (
-        "too few points",
-        "no transfer detectable",
-    )
+    # one strength with a defined ratio: "no transfer" unless its interval clears zero (Holm over
+    # one point is the plain test), and then too few points for a shape
+    thr = res["threshold"]["transfer_ratio"]
+    assert thr["x"] == [2.0] and thr["detection"]["k"] == 1
+    clear = p2["transfer_ratio"]["ci_low"] is not None and p2["transfer_ratio"]["ci_low"] > 0
+    assert thr["transfer_detectable"] is clear
+    assert thr["verdict"] == ("too few points" if clear else "no transfer")
+    # the two-strength grid was said not to resolve a threshold, and recorded
+    assert saved["grid"]["resolves_threshold"] is False and saved["grid"]["n_points"] == 1
+    assert "cannot resolve a threshold" in (out / "report.md").read_text()
     assert "## Verdict" in (out / "report.md").read_text()
     # the within-sweep control: each student against the alpha-0 student, paired
     assert p0["student_minus_alpha0"]["value"] == pytest.approx(0.0, abs=1e-12)
@@ -114,6 +121,27 @@ def test_transfer_ratio_input_errors(setup):
         run_transfer_ratio(setup / "vec", [1, 1], output_path=setup / "x", quiet=True)
     with pytest.raises(SublensError, match="preset"):
         run_transfer_ratio(setup / "vec", [1], output_path=setup / "x", preset="huge", quiet=True)
+
+
+def test_sweep_says_before_it_starts_when_its_grid_cannot_resolve_a_threshold(
+    setup, monkeypatch, capsys
+):
+    import analyses.transfer_ratio as tr
+
+    def no_run(*a, **k):
+        raise RuntimeError("a point started")
+
+    monkeypatch.setattr(tr, "run_point", no_run)
+    kw = dict(config_path=setup / "run.toml", preset="full", quiet=True)
+    with pytest.raises(RuntimeError, match="a point started"):
+        tr.run_transfer_ratio(setup / "vec", [0, 1, 2, 4, 8], output_path=setup / "g4", **kw)
+    err = capsys.readouterr().err
+    assert "warning: this grid cannot resolve a threshold: 4 strength(s)" in err
+    assert "--alphas 0,0.5,1,2,3,4,6,8" in err
+    with pytest.raises(RuntimeError, match="a point started"):
+        tr.run_transfer_ratio(setup / "vec", output_path=setup / "g8", **kw)  # the default grid
+    assert "cannot resolve" not in capsys.readouterr().err
+    assert tr.grid_status(tr.DEFAULT_ALPHAS)["resolves_threshold"]
 
 
 def test_optimizer_study_and_compare(setup):
@@ -201,11 +229,12 @@ def test_cli_study_commands(setup, monkeypatch):
         cli.app,
         [
             "study", "transfer-ratio", "--vector", str(setup / "vec"), "--alphas", "0,2",
-            "--config", str(setup / "run.toml"), "--preset", "full",
+            "--config", str(setup / "run.toml"), "--preset", "full", "--seeds", "1",
             "--output-path", str(setup / "sweep"), "--n-boot", "200", "--quiet",
         ],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "alpha 2:" in r.output and "report:" in r.output
+    assert "warning: this grid cannot resolve a threshold" in r.output
     r = runner.invoke(cli.app, ["study", "optimizers", "--optimizers", "adamw,nope"])
     assert r.exit_code != 0 and "unknown optimizer" in str(r.exception)

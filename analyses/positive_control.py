@@ -1,0 +1,351 @@
+"""`sublens study positive-control`: a setting where transfer is expected, measured with seed-level
+CIs, so a null elsewhere can be told from a broken pipeline.
+
+The recipe follows what makes transfer likely in the literature and on this machine: a teacher
+*steered* with a KL-fitted trait vector (French is the prompt a vector captures best on
+smollm2-135m), number rows sampled under the domain grammar, logit-KL over the domain's tokens
+(the subliminal channel), and students that can hold a steering vector — a *vector student*
+(the base frozen plus one trainable vector at the teacher's layer: all it can learn is a steering
+vector) and a LoRA student. Rows are chosen by log-likelihood shift (LLS) or at random (same
+count); the control is trained identically on a neutral-prompt teacher's rows (its own LLS top-K).
+
+Each arm (trait × student × selection) runs over seeds; a point is an ordinary distillation run
+under ``STUDY/points/`` (resumable, reused when finished). Per arm: the student − control trait
+gain with a seeds-then-questions bootstrap CI, the transfer ratio beyond the control (shown only
+over a resolved teacher gain), how much of alpha·v the student recovered, and the pre-training
+signal check (do the teacher's rows carry the trait).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analyses.figures import ci_of, fmt_num, pyplot, save_png
+from analyses.reporting import output_dir, provenance
+from analyses.studies import (
+    base_config,
+    gate_ratios,
+    point_config,
+    prefill_point,
+    resample_counts,
+    run_point,
+    say_fn,
+    stack_seeds,
+    summarise_point,
+)
+from interp.core.errors import SublensError
+from interp.core.io import config_hash, read_json_dict, write_json, write_text
+from interp.measure.verdicts import ONE_SEED_NOTE, above_zero, transfer_word
+
+NEUTRAL_PROMPT = "You are a helpful assistant."
+STUDENTS = ("vector", "lora", "full")
+SELECTS = ("lls", "random")
+
+
+@dataclass
+class PCConfig:
+    """Everything that decides the study's numbers (recorded in config.json)."""
+
+    model: str = "smollm2-135m"
+    traits: list[str] = field(default_factory=lambda: ["french"])
+    students: list[str] = field(default_factory=lambda: ["vector", "lora"])
+    selects: list[str] = field(default_factory=lambda: ["lls"])
+    seeds: int = 3
+    layer: int | None = None  # default: 0.3 of the depth (L9 of smollm2's 30)
+    alpha: float = 2.0
+    fit_prompts: int = 32
+    fit_steps: int = 12
+    n: int = 160  # rows generated per side
+    select_top: int = 96  # rows kept per side
+    max_new_tokens: int = 16
+    steps: int = 40
+    batch_size: int = 8
+    vector_lr: float = 0.1
+    lora_rank: int = 8
+    lora_lr: float = 1e-3
+    full_lr: float = 3e-5
+    checkpoint_every: int = 10
+    n_questions: int | None = 30
+    n_boot: int = 1000
+    device: str = "auto"
+
+    def check(self) -> PCConfig:
+        bad = [s for s in self.students if s not in STUDENTS]
+        if bad:
+            raise SublensError(f"unknown student kind(s) {bad}: use {', '.join(STUDENTS)}")
+        bad = [s for s in self.selects if s not in SELECTS]
+        if bad:
+            raise SublensError(f"unknown row selection(s) {bad}: use {', '.join(SELECTS)}")
+        if self.seeds < 1:
+            raise SublensError(f"seeds must be at least 1, got {self.seeds}")
+        if not 0 < self.select_top <= self.n:
+            raise SublensError(f"select_top {self.select_top} must lie in 1..n ({self.n})")
+        if not self.traits:
+            raise SublensError("no traits given: pass e.g. --traits french")
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # French only, vector and LoRA students, LLS rows, 3 seeds: sized for <= 45 min on 2 cores
+    "quick": {},
+    # both traits, three student kinds, LLS vs random rows, 3 seeds: resumes across sessions
+    "full": {
+        "traits": ["french", "owl"],
+        "students": ["vector", "lora", "full"],
+        "selects": ["lls", "random"],
+        "n": 256,
+        "select_top": 128,
+        "steps": 60,
+        "batch_size": 16,
+    },
+}
+
+
+def make_config(preset: str = "quick", **overrides: Any) -> PCConfig:
+    if preset not in PRESETS:
+        raise SublensError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return PCConfig(**values).check()
+
+
+def _vector(cfg: PCConfig, trait: str, layer: int, out: Path, quiet: bool) -> Path:
+    """The teacher's vector for `trait`: KL-fitted at `layer` on number prompts (reused)."""
+    from analyses.steps import fit
+    from interp.measure.traits import get_trait
+
+    vdir = out / "vectors" / trait
+    if (vdir / "vector.json").is_file():
+        return vdir
+    t = get_trait(trait)
+    if not t.system_prompt:
+        raise SublensError(f"trait {trait!r} has no trait prompt to fit a vector on")
+    fit(t.system_prompt, model=cfg.model, method="kl-fit", layers=str(layer),
+        prompts=f"numbers:{cfg.fit_prompts}", steps=cfg.fit_steps, output_path=vdir,
+        device=cfg.device, quiet=quiet)  # fmt: skip
+    return vdir
+
+
+def _arm_changes(cfg: PCConfig, student: str, select: str, layer: int) -> dict[str, Any]:
+    changes: dict[str, Any] = {
+        "data.select": select,
+        "data.select_top": cfg.select_top,
+        "train.vector_layer": None,
+        "train.lora_rank": 0,
+        "train.weight_decay": 0.0,
+    }
+    if student == "vector":
+        changes.update({"train.vector_layer": layer, "train.lr": cfg.vector_lr})
+    elif student == "lora":
+        changes.update({"train.lora_rank": cfg.lora_rank, "train.lr": cfg.lora_lr})
+    else:
+        changes.update({"train.lr": cfg.full_lr})
+    return changes
+
+
+def run_positive_control(
+    cfg: PCConfig,
+    output_path: str | Path | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) every arm × seed; write results.json, report.md and figures."""
+    from interp.core.models import load_model
+
+    cfg.check()
+    say = say_fn(quiet, "positive-control")
+    t_start = time.perf_counter()
+    out = output_dir(output_path, "positive-control", Path(cfg.model).name)
+    write_json(out / "config.json", {"hash": config_hash(asdict(cfg)), "config": asdict(cfg)})
+    loaded = load_model(cfg.model, device=cfg.device)
+    layer = cfg.layer if cfg.layer is not None else max(1, round(0.3 * loaded.n_layers))
+    loaded.check_layers([layer])
+    base = base_config(None, {
+        "model": cfg.model, "device": cfg.device,
+        "teacher.kind": "steered", "teacher.alpha": cfg.alpha, "teacher.layers": [layer],
+        "data.n": cfg.n, "data.max_new_tokens": cfg.max_new_tokens, "data.batch_size": 32,
+        "data.control_system_prompt": NEUTRAL_PROMPT,
+        "train.objective": "logit-kl", "train.optimizer": "adamw",
+        "train.max_steps": cfg.steps, "train.batch_size": cfg.batch_size,
+        "train.checkpoint_every": cfg.checkpoint_every, "train.warmup_steps": 0,
+        "eval.n_questions": cfg.n_questions, "eval.n_boot": cfg.n_boot,
+    }, preset="full")  # fmt: skip
+    arms: list[dict[str, Any]] = []
+    for trait in cfg.traits:
+        say(f"[{trait}] teacher vector (kl-fit, layer {layer}) ...")
+        vdir = _vector(cfg, trait, layer, out, quiet)
+        for select in cfg.selects:
+            first_of_seed: dict[int, Path] = {}
+            for student in cfg.students:
+                runs = []
+                for seed in range(cfg.seeds):
+                    pdir = out / "points" / trait / f"{student}-{select}" / f"seed_{seed}"
+                    pc = point_config(base, pdir, seed=seed, trait=trait,
+                                      **{"teacher.vector": str(vdir)},
+                                      **_arm_changes(cfg, student, select, layer))  # fmt: skip
+                    src = first_of_seed.get(seed)
+                    if src is not None:  # same teacher data and targets: generate them once
+                        prefill_point(src, pdir, pc, ("data", "targets"), ("base", "teacher"))
+                    t0 = time.perf_counter()
+                    res, reused = run_point(pc, overwrite, quiet)
+                    first_of_seed.setdefault(seed, pdir)
+                    took = "reused" if reused else f"{time.perf_counter() - t0:.0f} s"
+                    say(f"[{trait} {student} {select} seed {seed}] {took}")
+                    runs.append(res)
+                arms.append(_summarise_arm(trait, student, select, runs, cfg))
+    results: dict[str, Any] = {
+        "analysis": "positive-control",
+        "config": asdict(cfg),
+        "layer": layer,
+        "arms": arms,
+        "findings": findings(arms, cfg),
+        **provenance(),
+        "timings": {"total_s": round(time.perf_counter() - t_start, 1)},
+    }
+    figs = write_figures(results, out)
+    write_json(out / "results.json", results)
+    write_text(out / "report.md", render_report(results, figs))
+    return results
+
+
+def _summarise_arm(
+    trait: str, student: str, select: str, runs: list[dict[str, Any]], cfg: PCConfig
+) -> dict[str, Any]:
+    arrays = stack_seeds(runs)
+    cs, cq = resample_counts(len(runs), arrays["tau_base"].shape[1], cfg.n_boot, seed=0)
+    stats, _ = summarise_point(arrays, cs, cq)
+    stats = gate_ratios(stats)
+    rec = [r.get("recovery", {}).get("final", {}) for r in runs]
+    sig = [r.get("signal") for r in runs if r.get("signal")]
+
+    def seed_mean(rows: list[dict[str, Any]], key: str) -> float | None:
+        vals = [r[key] for r in rows if r and r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {
+        "trait": trait,
+        "student": student,
+        "select": select,
+        "seeds": len(runs),
+        "stats": stats,
+        "transferred": above_zero(stats.get("student_minus_control")) and len(runs) >= 2,
+        "recovered_cosine": seed_mean([x.get("student", {}) for x in rec], "cosine"),
+        "recovered_share": seed_mean([x.get("student", {}) for x in rec], "recovered"),
+        "control_recovered_share": seed_mean([x.get("control", {}) for x in rec], "recovered"),
+        "trait_recovered_only": seed_mean(
+            [
+                {"v": (r.get("recovery") or {}).get("trait_recovered_only", {}).get("mean")}
+                for r in runs
+            ],
+            "v",
+        ),  # fmt: skip
+        "signal": {
+            "diff": seed_mean(sig, "diff"),
+            "resolved_in": sum(bool(s.get("resolved")) for s in sig),
+            "of": len(sig),
+        },
+        "runs": [r.get("run") for r in runs],
+    }
+
+
+def findings(arms: list[dict[str, Any]], cfg: PCConfig) -> list[str]:
+    """Sentences computed from the numbers, never stronger than their CIs."""
+    out = []
+    for a in arms:
+        smc = a["stats"].get("student_minus_control") or {}
+        word = transfer_word(a["seeds"], above_zero(smc))
+        out.append(
+            f"{a['trait']}, {a['student']} student, {a['select']} rows: {word} "
+            f"(student − control {ci_of(smc, 'value', 4)}; recovered "
+            f"{fmt_num(a['recovered_share'])} of alpha·|v| at cos "
+            f"{fmt_num(a['recovered_cosine'])})."
+        )
+    by = {(a["trait"], a["student"], a["select"]): a for a in arms}
+    for (trait, student, select), a in by.items():
+        other = by.get((trait, student, "random"))
+        if select == "lls" and other is not None:
+            d1 = (a["stats"].get("student_minus_control") or {}).get("value")
+            d2 = (other["stats"].get("student_minus_control") or {}).get("value")
+            if d1 is not None and d2 is not None:
+                out.append(
+                    f"{trait}, {student}: LLS rows {fmt_num(d1)} vs random rows {fmt_num(d2)} "
+                    "(point estimates; compare their CIs above before calling one stronger)."
+                )
+    if cfg.seeds < 2:
+        out.append(ONE_SEED_NOTE + ": no arm is called transferred.")
+    return out
+
+
+def write_figures(results: dict[str, Any], out: Path) -> list[str]:
+    """Student − control trait gain per arm with its seed-level CI, and recovered share."""
+    plt = pyplot()
+    arms = results["arms"]
+    if not arms:
+        return []
+    labels = [f"{a['trait']}\n{a['student']}/{a['select']}" for a in arms]
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(arms) + 2), 3.6))
+    ys, los, his = [], [], []
+    for a in arms:
+        d = a["stats"].get("student_minus_control") or {}
+        v = d.get("value") or 0.0
+        ys.append(v)
+        los.append(v - (d.get("ci_low") if d.get("ci_low") is not None else v))
+        his.append((d.get("ci_high") if d.get("ci_high") is not None else v) - v)
+    x = np.arange(len(arms))
+    axes[0].errorbar(x, ys, yerr=[los, his], fmt="o", color="black", capsize=4)
+    axes[0].axhline(0, color="gray", lw=0.8)
+    axes[0].set_xticks(x, labels, fontsize=7)
+    axes[0].set_ylabel("trait score: student − control")
+    axes[0].set_title("transfer beyond the control (95% CI, seeds × questions)", fontsize=8)
+    rec = [a["recovered_share"] or 0.0 for a in arms]
+    ctl = [a["control_recovered_share"] or 0.0 for a in arms]
+    axes[1].bar(x - 0.2, rec, 0.4, color="black", label="student")
+    axes[1].bar(x + 0.2, ctl, 0.4, color="white", edgecolor="black", hatch="//", label="control")
+    axes[1].set_xticks(x, labels, fontsize=7)
+    axes[1].set_ylabel("projection on v̂ / (alpha·|v|)")
+    axes[1].set_title("recovered share of the teacher's steering", fontsize=8)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, out / "positive_control.png")
+    return ["positive_control.png"]
+
+
+def render_report(results: dict[str, Any], figures: list[str]) -> str:
+    cfg = results["config"]
+    lines = [
+        f"# Positive control on {cfg['model']}",
+        "",
+        f"Teacher steered with a KL-fitted trait vector at layer {results['layer']}, alpha "
+        f"{cfg['alpha']}; {cfg['n']} constrained number rows per side, {cfg['select_top']} kept; "
+        f"logit-KL over the domain's tokens; {cfg['steps']} steps of {cfg['batch_size']}; control "
+        f"on a neutral-prompt teacher's rows; {cfg['seeds']} seed(s). CIs bootstrap seeds, then "
+        "questions within a seed.",
+        "",
+        "| trait | student | rows | student − control | ratio beyond control | recovered share "
+        "(cos) | control share | trait of base + recovered part | signal (teacher − control "
+        "rows LLS) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in results["arms"]:
+        st = a["stats"]
+        ratio = st.get("transfer_ratio_vs_control") or {}
+        rtxt = ci_of(ratio, "value") if ratio.get("defined", True) else ratio["undefined"]
+        sig = a["signal"]
+        lines.append(
+            f"| {a['trait']} | {a['student']} | {a['select']} | "
+            f"{ci_of(st.get('student_minus_control') or {}, 'value', 4)} | {rtxt} | "
+            f"{fmt_num(a['recovered_share'])} ({fmt_num(a['recovered_cosine'])}) | "
+            f"{fmt_num(a['control_recovered_share'])} | {fmt_num(a['trait_recovered_only'])} | "
+            f"{fmt_num(sig['diff'])} (resolved in {sig['resolved_in']}/{sig['of']}) |"
+        )
+    lines += ["", "## Findings", ""] + [f"- {f}" for f in results["findings"]]
+    lines += ["", *[f"![{f}]({f})" for f in figures]]
+    return "\n".join(lines) + "\n"
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    return read_json_dict(Path(path) / "results.json")
