@@ -73,10 +73,9 @@ from interp.core.prompts import PromptSet
 from interp.measure.alignment import (
     AlignmentCI,
     PromptDrift,
+    alignment_ci,
     compare_drifts,
-    corrected_cosine,
     covariance_cosine_null,
-    noise_norm,
     null_from_vectors,
     null_test,
     prompt_drift,
@@ -85,7 +84,6 @@ from interp.measure.alignment import (
     resample_weights,
     unrelated_trait_prompts,
 )
-from interp.measure.stats import percentile_interval
 from interp.measure.verdicts import above_zero, excludes_zero, ratio_or_undefined
 from interp.vectors.steering import SteeringVector
 
@@ -145,9 +143,9 @@ def drift_alignment(
     """Alignment of a PromptDrift with `v` at `layer`, CIs over prompts, and the bootstrap
     cosines (same seed and prompts → the same resamples as `compare_drifts`).
 
-    Not `interp.measure.alignment.bootstrap_alignment`: that one builds the drift from two
-    activation sets (no token-count weights for ``all`` cached as per-prompt means), rounds the
-    mean drift to float32 and returns no replicates, so its cosines differ in the last digits."""
+    The point drift is the float64 weighted mean of a PromptDrift (token counts for ``all``
+    cached as per-prompt means); `bootstrap_alignment` builds it from two activation sets in
+    float32. The bootstrap and the CI are the shared `alignment_ci`."""
     w = pd.weights
     diffs = pd.layer(layer).numpy()
     vv = v.double().numpy()
@@ -160,36 +158,8 @@ def drift_alignment(
     dn = float(np.linalg.norm(drift))
     proj = float(drift @ unit)
     cos = proj / dn if dn > 0 else float("nan")
-    noise = noise_norm(diffs, ww)
-    corrected = corrected_cosine(proj, dn, noise)
-    if pd.n_prompts > 1:
-        bw = resample_weights(w, n_boot, seed)
-        means = (bw @ diffs) / bw.sum(axis=1, keepdims=True)
-        projs = means @ unit
-        with np.errstate(divide="ignore", invalid="ignore"):
-            coss = projs / np.linalg.norm(means, axis=1)
-        cos_ci, proj_ci = percentile_interval(coss, level), percentile_interval(projs, level)
-    else:
-        coss = np.array([cos])
-        cos_ci, proj_ci = (cos, cos), (proj, proj)
-    ci = AlignmentCI(
-        layer=layer,
-        cosine=cos,
-        ci_low=cos_ci[0],
-        ci_high=cos_ci[1],
-        projection=proj,
-        projection_ci_low=proj_ci[0],
-        projection_ci_high=proj_ci[1],
-        drift_norm=dn,
-        noise_norm=noise,
-        cosine_corrected=corrected,
-        n_prompts=pd.n_prompts,
-        weighting=pd.weighting,
-        n_boot=n_boot,
-        level=level,
-        seed=seed,
-    )
-    return ci, coss
+    bw = resample_weights(w, n_boot, seed) if pd.n_prompts > 1 else None
+    return alignment_ci(pd, layer, cos, proj, dn, unit, bw, n_boot, level, seed)
 
 
 def _share(

@@ -111,3 +111,24 @@ def tiny_run_toml(
         "[train]\n" + "\n".join(train) + "\n\n"
         f"[eval]\nn_questions = {n_questions}\nn_boot = {n_boot}\n"
     )
+
+
+def sequence_rows(n: int = 8) -> list[dict]:
+    """`n` tiny chat rows (continue a short integer sequence) for training tests."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Continue the sequence: {i}, {i + 1}, {i + 2}"},
+                {"role": "assistant", "content": f"{i + 3}, {i + 4}, {i + 5}"},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+def write_rows(path, rows: list[dict]):
+    """Write `rows` as JSONL to `path` and return it."""
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -92,9 +92,9 @@ def read_json_dict(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) for every non-blank line of a JSONL file. A missing file,
-    non-UTF-8 text or a bad line is a one-line SublensError that names the line (callers check
-    the objects' shape themselves)."""
+    """(line number, parsed object) for every non-blank line of a JSONL file (UTF-8, an optional
+    BOM). A missing file, non-UTF-8 text (named by line and byte), a bad line or a lone surrogate
+    escape is a one-line SublensError that names the line (callers check the objects' shape)."""
     from interp.core.errors import SublensError
 
     p = Path(path)
@@ -114,28 +114,41 @@ def iter_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[in
                 _check_text(obj, f"{p}:{lineno}")
                 yield lineno, obj
     except UnicodeDecodeError:
-        raise SublensError(f"{p} is not UTF-8 text: save it as UTF-8 JSONL") from None
+        raise _not_utf8(p) from None
+
+
+def _not_utf8(path: Path) -> Exception:
+    """The error for a file that does not decode as UTF-8, naming the first bad line and byte."""
+    from interp.core.errors import SublensError
+
+    offset = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return SublensError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {offset + err.start} of the file): "
+                    "save it as UTF-8"
+                )
+            offset += len(raw)
+    return SublensError(f"{path} is not UTF-8 text: save it as UTF-8")
 
 
 def _check_text(obj: Any, where: str) -> None:
-    """JSON may escape a lone surrogate (\\ud800), which is not text: refuse it here, with the
-    line, rather than as a tokenizer's TypeError later."""
+    """Refuse lone surrogates (`"\\ud800"` escapes): valid JSON but not text, so tokenizers and
+    hashing would fail on them later, far from the line that holds them."""
     from interp.core.errors import SublensError
 
-    stack = [obj]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, str):
-            try:
-                x.encode("utf-8")
-            except UnicodeEncodeError:
-                raise SublensError(
-                    f"{where}: holds a lone surrogate escape, which is not text: fix that string"
-                ) from None
-        elif isinstance(x, dict):
-            stack.extend(x.values())
-        elif isinstance(x, list):
-            stack.extend(x)
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = err.object[err.start : err.end]
+        code = ", ".join(f"\\u{ord(c):04x}" for c in bad)
+        raise SublensError(
+            f"{where}: holds a lone surrogate escape ({code}), which is not text: remove it or "
+            "write the character itself"
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:

@@ -8,14 +8,12 @@ other encodings and lone surrogate escapes (`"\\ud800"`, not text) are refused w
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from interp.core.errors import SublensError
+from interp.core.io import iter_jsonl
 
 Message = dict[str, str]
 _ROLES = {"system", "user", "assistant"}
@@ -106,61 +104,12 @@ def _validate_messages(messages: object, where: str) -> list[Message]:
     return out
 
 
-def _not_utf8(path: Path) -> SublensError:
-    """The error for a file that does not decode as UTF-8, naming the first bad line and byte."""
-    offset = 0
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                return SublensError(
-                    f"{path}:{lineno}: not UTF-8 text (byte {offset + err.start} of the file): "
-                    "save it as UTF-8"
-                )
-            offset += len(raw)
-    return SublensError(f"{path} is not UTF-8 text: save it as UTF-8")
-
-
-def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) per non-blank line; UTF-8 with an optional BOM."""
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SublensError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                yield lineno, row
-    except UnicodeDecodeError:
-        raise _not_utf8(path) from None
-
-
-def _check_text(row: object, where: str) -> None:
-    """Refuse lone surrogates (`"\\ud800"` escapes): valid JSON but not text, so tokenizers and
-    hashing fail on them later, far from the line that holds them."""
-    try:
-        json.dumps(row, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as err:
-        bad = err.object[err.start : err.end]
-        code = ", ".join(f"\\u{ord(c):04x}" for c in bad)
-        raise SublensError(
-            f"{where}: holds a lone surrogate escape ({code}), which is not text: remove it or "
-            "write the character itself"
-        ) from None
-
-
 def read_prompts_file(path: str | Path) -> PromptSet:
     path = Path(path)
-    if not path.is_file():
-        raise SublensError(f"prompts file {str(path)!r} does not exist")
     rows: list[list[Message]] = []
     origins: list[str] = []
-    for lineno, row in _iter_json_lines(path):
+    for lineno, row in iter_jsonl(path, "prompts file"):
         where = f"{path}:{lineno}"
-        _check_text(row, where)
         origins.append(where)
         if not isinstance(row, dict):
             raise SublensError(f'{where}: expected an object like {{"prompt": "..."}}')

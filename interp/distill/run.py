@@ -414,9 +414,8 @@ def select_rows(
         sha = sha256_file(src)
         if not (dst.is_file() and meta.is_file() and read_json_dict(meta).get("src_sha256") == sha):
             say(f"[{name}] {d.select} selection of {d.select_top} rows ...")
-            summary = select_dataset(src, dst, t, base, int(d.select_top or 0), d.select, allowed,
-                                     seed=cfg.seed, batch_size=cfg.eval.batch_size)  # fmt: skip
-            write_json(meta, {**summary, "src_sha256": sha})
+            select_dataset(src, dst, t, base, int(d.select_top or 0), d.select, allowed,
+                           seed=cfg.seed, batch_size=cfg.eval.batch_size)  # fmt: skip
         train_rows[name] = dst
     signal = data_dir / "signal.json"
     if not signal.is_file():
@@ -461,16 +460,20 @@ def recovery_curve(
         acts = mean_residual(model, prompts, layers, cfg.eval.batch_size)
         return {layer: acts[layer] - base[layer] for layer in layers}
 
+    final, final_ck = list_checkpoints(out / "student")[-1]
+    final_drift = None
     for name in ("student", "control"):
         for step, ck in list_checkpoints(out / name):
             if str(step) in cache[name]:
                 continue
-            rec = recovery(drift_of(ck), vec, teacher.alpha)
+            drift = drift_of(ck)
+            if name == "student" and step == final:
+                final_drift = drift
+            rec = recovery(drift, vec, teacher.alpha)
             cache[name][str(step)] = {str(layer): r for layer, r in rec.items()}
             write_json(path, cache)
-    final, final_ck = list_checkpoints(out / "student")[-1]
     if cache.get("recovered_only_step") != final:
-        drift = drift_of(final_ck)
+        drift = final_drift if final_drift is not None else drift_of(final_ck)
         comp = {layer: recovered_vector(drift[layer], vec[layer]) for layer in layers}
         sv = SteeringVector(comp, model=loaded.name, d_model=loaded.d_model, method="recovered",
                             positions="all")  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from interp.core.errors import SublensError
-from interp.core.io import write_json
+from interp.core.io import sha256_file, write_json
 from interp.distill.targets import read_rows
 from interp.distill.teachers import Teacher
 
@@ -106,6 +106,7 @@ def select_dataset(
         "k": int(len(keep)),
         "n": len(rows),
         "seed": seed,
+        "src_sha256": sha256_file(src),  # which rows were scored (a resumed run reuses it)
         "teacher": teacher.describe(),
         "scores": [float(s) for s in scores],
         "kept": [int(i) for i in keep],

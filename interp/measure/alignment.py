@@ -391,6 +391,53 @@ def resample_weights(weights: torch.Tensor, n_boot: int, seed: int) -> np.ndarra
     return counts * weights.numpy()[None, :]
 
 
+def alignment_ci(
+    pd: PromptDrift,
+    layer: int,
+    cos: float,
+    proj: float,
+    drift_norm: float,
+    unit: np.ndarray,
+    boot_w: np.ndarray | None,
+    n_boot: int,
+    level: float,
+    seed: int,
+) -> tuple[AlignmentCI, np.ndarray]:
+    """An `AlignmentCI` from a drift's point cosine / projection / norm (computed by the caller in
+    its own precision) and resampled prompt weights `boot_w` (None: one prompt, no interval);
+    also the bootstrap cosines, for comparisons that pair them."""
+    w = pd.weights.numpy()
+    diffs = pd.layer(layer).numpy()
+    noise = noise_norm(diffs, w)
+    if boot_w is None:
+        coss = np.array([cos])
+        cos_ci, proj_ci = (cos, cos), (proj, proj)
+    else:
+        means = (boot_w @ diffs) / boot_w.sum(axis=1, keepdims=True)  # [n_boot, d]
+        projs = means @ unit
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coss = projs / np.linalg.norm(means, axis=1)
+        cos_ci, proj_ci = percentile_interval(coss, level), percentile_interval(projs, level)
+    ci = AlignmentCI(
+        layer=layer,
+        cosine=cos,
+        ci_low=cos_ci[0],
+        ci_high=cos_ci[1],
+        projection=proj,
+        projection_ci_low=proj_ci[0],
+        projection_ci_high=proj_ci[1],
+        drift_norm=drift_norm,
+        noise_norm=noise,
+        cosine_corrected=corrected_cosine(proj, drift_norm, noise),
+        n_prompts=pd.n_prompts,
+        weighting=pd.weighting,
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
+    )
+    return ci, coss
+
+
 def bootstrap_alignment(
     base: Acts,
     student: Acts,
@@ -427,33 +474,8 @@ def bootstrap_alignment(
         unit = _unit(v, layer).numpy()
         drift = point[layer].double()
         cos, proj = _cosine(drift, v), float(drift @ torch.from_numpy(unit))
-        noise = noise_norm(pd.layer(layer).numpy(), w.numpy())
-        corrected = corrected_cosine(proj, float(drift.norm()), noise)
-        if boot_w is None:
-            cos_ci, proj_ci = (cos, cos), (proj, proj)
-        else:
-            diffs = pd.layer(layer).numpy()
-            means = (boot_w @ diffs) / boot_w.sum(axis=1, keepdims=True)  # [n_boot, d]
-            projs = means @ unit
-            with np.errstate(divide="ignore", invalid="ignore"):
-                coss = projs / np.linalg.norm(means, axis=1)
-            cos_ci, proj_ci = percentile_interval(coss, level), percentile_interval(projs, level)
-        out[layer] = AlignmentCI(
-            layer=layer,
-            cosine=cos,
-            ci_low=cos_ci[0],
-            ci_high=cos_ci[1],
-            projection=proj,
-            projection_ci_low=proj_ci[0],
-            projection_ci_high=proj_ci[1],
-            drift_norm=float(drift.norm()),
-            noise_norm=noise,
-            cosine_corrected=corrected,
-            n_prompts=pd.n_prompts,
-            weighting=pd.weighting,
-            n_boot=n_boot,
-            level=level,
-            seed=seed,
+        out[layer], _ = alignment_ci(
+            pd, layer, cos, proj, float(drift.norm()), unit, boot_w, n_boot, level, seed
         )
     return out
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from interp.core.backends import get_backend, make_batch
-from interp.core.caching import length_batches
+from interp.core.caching import length_batches, run_batch
 from interp.core.chat import ChatFormat, fit_context
 from interp.core.errors import SublensError
 from interp.core.models import LoadedModel
@@ -35,24 +34,14 @@ def mean_residual(
     formatted = [fmt.format(m) for m in prompts.messages]
     fit_context(formatted, loaded.context_length, loaded.name, [prompts.where(i) for i in
                 range(len(formatted))])  # fmt: skip
-    backend = get_backend("hf", loaded)
+    selected = [list(range(len(fp.input_ids))) for fp in formatted]  # every prompt token
     total = torch.zeros(len(layers), loaded.d_model, dtype=torch.float64)
     count = 0
     with torch.no_grad():
         for idx in length_batches(formatted, batch_size):
-            batch = make_batch([formatted[i].input_ids for i in idx], loaded.tokenizer.pad_token_id)
-            width = batch.input_ids.shape[1]
-            rows, cols = [], []
-            for r, i in enumerate(idx):
-                pad = width - len(formatted[i].input_ids)
-                rows += [r] * len(formatted[i].input_ids)
-                cols += list(range(pad, width))
-            backend.check_width(batch)
-            acts = backend.residual(
-                batch.to(loaded.device), list(layers), torch.tensor(rows), torch.tensor(cols)
-            )
-            total += acts.double().sum(0).cpu()
-            count += len(rows)
+            for acts in run_batch(loaded, "hf", formatted, selected, idx, list(layers)):
+                total += acts.double().sum(0)
+                count += acts.shape[0]
     mean = (total / count).float()
     return {layer: mean[k] for k, layer in enumerate(layers)}
 

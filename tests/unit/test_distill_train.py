@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import sequence_rows, write_rows
 from safetensors.torch import load_file, save_file
 
 from interp.core.chat import ChatFormat
@@ -27,23 +28,9 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def _rows(n: int = 8) -> list[dict]:
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"Continue the sequence: {i}, {i + 1}, {i + 2}"},
-                {"role": "assistant", "content": f"{i + 3}, {i + 4}, {i + 5}"},
-            ]
-        }
-        for i in range(n)
-    ]
-
-
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
-    return path
+    return write_rows(tmp_path / "rows.jsonl", sequence_rows())
 
 
 def _completion(tok, row: dict) -> tuple[list[int], list[int]]:
@@ -62,7 +49,7 @@ def _write_targets(tiny, tmp_path: Path, per_position_ids: bool) -> Path:
     vocab = tiny.model.config.vocab_size
     shared = torch.randperm(vocab, generator=g)[:k]
     ids, logps, offsets = [], [], [0]
-    for row in _rows():
+    for row in sequence_rows():
         _, pos = _completion(tiny.tokenizer, row)
         for _ in pos:
             ids.append(torch.randperm(vocab, generator=g)[:k] if per_position_ids else shared)
@@ -175,7 +162,7 @@ def test_make_optimizer_names():
 def test_completion_positions_agree_with_targets(tiny):
     targets = pytest.importorskip("interp.distill.targets")
     fmt = ChatFormat(tiny.tokenizer)
-    for row in _rows():
+    for row in sequence_rows():
         fp = fmt.format(row["messages"])
         own = train_mod._own_completion_positions(fp, tiny.tokenizer)
         assert own == targets.completion_positions(fp, tiny.tokenizer)
@@ -205,7 +192,7 @@ def test_sft_loss_at_step_0_is_plain_cross_entropy(tiny, data, tmp_path):
     train_student(tiny, data, tmp_path / "run", cfg)
     total, count = 0.0, 0
     with torch.no_grad():
-        for row in _rows():
+        for row in sequence_rows():
             ids, pos = _completion(tiny.tokenizer, row)
             logits = tiny.model(torch.tensor([ids])).logits[0]
             logp = torch.log_softmax(logits.double(), -1)
@@ -222,7 +209,7 @@ def test_logit_kl_at_step_0_matches_full_logits(tiny, data, tmp_path, per_positi
     train_student(tiny, data, tmp_path / "run", cfg, targets_dir=targets)
     kls = []
     with torch.no_grad():
-        for i, row in enumerate(_rows()):
+        for i, row in enumerate(sequence_rows()):
             ids, pos = _completion(tiny.tokenizer, row)
             logits = tiny.model(torch.tensor([ids])).logits[0].double()
             for j, t in enumerate(pos):
@@ -386,7 +373,7 @@ def test_bad_lora_targets(tiny, data, tmp_path):
 def test_load_student(tiny, data, tmp_path, lora_rank):
     cfg = TrainConfig(lr=1e-2, max_steps=3, batch_size=4, lora_rank=lora_rank)
     train_student(tiny, data, tmp_path / "run", cfg)
-    ids = torch.tensor([_completion(tiny.tokenizer, _rows()[0])[0]])
+    ids = torch.tensor([_completion(tiny.tokenizer, sequence_rows()[0])[0]])
     with torch.no_grad():
         base_logits = tiny.model(ids).logits
         step0 = load_student(tiny, tmp_path / "run/checkpoints/step_000000")

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import run_cli
+from helpers import sequence_rows, write_rows
 
 from interp.core.errors import SublensError
 from interp.distill import train as train_mod
@@ -28,23 +29,9 @@ from interp.distill.train import TrainConfig, list_checkpoints, load_student, tr
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _rows(n: int = 8) -> list[dict]:
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"Continue the sequence: {i}, {i + 1}, {i + 2}"},
-                {"role": "assistant", "content": f"{i + 3}, {i + 4}, {i + 5}"},
-            ]
-        }
-        for i in range(n)
-    ]
-
-
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
-    return path
+    return write_rows(tmp_path / "rows.jsonl", sequence_rows())
 
 
 # --- comparing whole run directories -------------------------------------------------------------
