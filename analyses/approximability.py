@@ -6,14 +6,23 @@ For each trait prompt `s` × method × layer, a vector is fitted on numbers-doma
   the prompted teacher's own samples, reported separately for numbers-domain prompts (the
   distillation domain) and general questions (where the trait shows): a vector can reproduce a
   prompt's footprint on one and not the other. Computed at the vector's own scale (alpha 1) and at
-  the alpha that minimises the KL on the *fit* prompts (never chosen on the held-out ones).
+  the alpha that minimises the KL on the *fit* prompts (never chosen on the held-out ones), with a
+  paired bootstrap CI over held-out prompts. It is a ratio: shown only when KL(T || M0)'s CI
+  excludes 0 (`verdicts.ratio_or_undefined`), else "undefined".
 - the trait score of ``M0 + alpha * v`` over a strength sweep, with the negative and off-topic
-  controls, and the **clean peak**: the best trait score whose controls stay <= 0.10 (the
-  puppeting gate), with a paired bootstrap CI of its gain over the unsteered model.
+  controls, and the **clean peak**: the strength with the best trait score whose controls stay
+  <= 0.10 (the puppeting gate), chosen on a seeded half of the questions and reported (score,
+  gain over the unsteered model with a paired bootstrap CI, gate) on the other half.
 
-A prompt is *captured* when the vector reproduces at least half of the prompt's KL footprint on
-numbers prompts and raises the trait cleanly (clean-peak gain CI above zero); *partly* when one
-of the two holds. Per-trait results land in ``parts/`` as they finish, so a rerun of the same
+Choose on one split, report on another (DESIGN "Rules every verdict follows"): the best method ×
+layer of a trait is the one with the highest approximability on the *fit* prompts (at its
+fit-chosen alpha); its held-out approximability is what the report, the ranking and the verdict
+use. results.json records which split chose and which reported (`SELECTION`).
+
+A prompt is *captured* when the chosen vector reproduces at least half of the prompt's KL
+footprint on held-out numbers prompts (the CI's lower end >= 0.5) and the clean peak raises the
+trait cleanly on the report half of the questions (gain CI above zero, gate held); *partly* when
+one of the two holds. Per-trait results land in ``parts/`` as they finish, so a rerun of the same
 command resumes after the last finished trait.
 """
 
@@ -43,7 +52,7 @@ from interp.core.layers import parse_layers
 from interp.core.models import LoadedModel, load_model
 from interp.core.parse import parse_floats
 from interp.core.prompts import PromptSet, load_prompts
-from interp.measure.stats import paired_bootstrap
+from interp.measure.stats import paired_bootstrap, percentile_interval, resample_indices
 from interp.measure.trait_sets import GENERAL_QUESTIONS
 from interp.measure.traits import (
     BUILTIN_TRAITS,
@@ -53,14 +62,15 @@ from interp.measure.traits import (
     get_trait,
     score_trait,
 )
+from interp.measure.verdicts import above_zero, excludes_zero, ratio_or_undefined
 from interp.vectors.fitting import (
     DEFAULT_KL_STEPS,
     KLBatch,
     build_kl_data,
     check_method,
     contrast_activations,
-    kl_divergence,
     kl_fit,
+    kl_per_prompt,
     vectors_from_contrast,
 )
 from interp.vectors.steering import SteeringVector, steer
@@ -69,6 +79,26 @@ CAPTURE_APPROX = 0.5
 # Strengths tried when choosing a vector's scale by KL on the fit prompts (the trait-score sweep
 # uses --alphas): a diff-of-means vector read at one position often overshoots at alpha 1.
 KL_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)
+N_BOOT = 2000
+LEVEL = 0.95
+# Which split chose each selected quantity and which reported it (written to results.json).
+SELECTION: dict[str, dict[str, str]] = {
+    "kl_alpha": {
+        "by": "lowest KL(T || M0 + alpha v) over KL_ALPHAS",
+        "chosen_on": "fit prompts",
+        "reported_on": "held-out prompts (numbers and general)",
+    },
+    "method_layer": {
+        "by": "highest approximability at the fit-chosen alpha",
+        "chosen_on": "fit prompts",
+        "reported_on": "held-out prompts (numbers and general)",
+    },
+    "clean_peak": {
+        "by": "highest trait score among strengths whose controls pass the gate",
+        "chosen_on": "selection half of the questions (and of each control set)",
+        "reported_on": "report half of the questions (the other half; gate re-checked there)",
+    },
+}
 
 
 @dataclass
@@ -236,6 +266,151 @@ def _approx(kl: float, kl0: float) -> float:
     return 1.0 - kl / kl0 if kl0 > 0 else float("nan")
 
 
+def kl_footprint(
+    sums0: np.ndarray, counts: np.ndarray, seed: int = 0, n_boot: int = N_BOOT
+) -> dict[str, float]:
+    """KL(T || M0) per response position with a bootstrap CI over prompts: the denominator of
+    approximability, which is defined only when this CI excludes 0."""
+    sums0, counts = np.asarray(sums0, float), np.asarray(counts, float)
+    idx = resample_indices(len(sums0), n_boot, seed)
+    lo, hi = percentile_interval(sums0[idx].sum(1) / counts[idx].sum(1), LEVEL)
+    return {"kl": float(sums0.sum() / counts.sum()), "ci_low": lo, "ci_high": hi}
+
+
+def approximability(
+    sums_v: np.ndarray, sums0: np.ndarray, counts: np.ndarray, seed: int = 0, n_boot: int = N_BOOT
+) -> dict[str, Any]:
+    """``1 - KL(T || M0+v) / KL(T || M0)`` over prompts (per-prompt KL sums over response
+    positions, as `kl_per_prompt` gives them) with a paired bootstrap CI over the prompts; a
+    ratio, so undefined unless KL(T || M0)'s CI excludes 0 (`ratio_or_undefined`)."""
+    sums_v, sums0 = np.asarray(sums_v, float), np.asarray(sums0, float)
+    idx = resample_indices(len(sums0), n_boot, seed)  # the same prompts as kl_footprint's CI
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = float(1.0 - sums_v.sum() / sums0.sum())
+        lo, hi = percentile_interval(1.0 - sums_v[idx].sum(1) / sums0[idx].sum(1), LEVEL)
+    return ratio_or_undefined(
+        {"ratio": point, "ci_low": lo, "ci_high": hi},
+        kl_footprint(sums0, counts, seed, n_boot),
+        why="the prompt's KL footprint KL(T || M0) is not resolved (its CI includes 0)",
+    )
+
+
+def _approx_fields(ratio: dict[str, Any], suffix: str = "") -> dict[str, Any]:
+    """An approximability as an entry's fields: point, CI (None when undefined) and why not."""
+    out: dict[str, Any] = {
+        f"approximability{suffix}": ratio["ratio"],
+        f"approximability{suffix}_ci": [ratio["ci_low"], ratio["ci_high"]]
+        if ratio["defined"]
+        else None,
+    }
+    if not ratio["defined"]:
+        out[f"approximability{suffix}_undefined"] = ratio["undefined"]
+    return out
+
+
+def choose_best(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The method × layer with the highest approximability on the *fit* prompts (at its
+    fit-chosen alpha): chosen where it is not reported, so its held-out number is not the
+    maximum of many noisy held-out numbers."""
+    return max(entries, key=lambda e: _nan_low(e["fit"]["approximability_best_alpha"]))
+
+
+def question_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded split of `n` questions into (selection half, report half): a peak is chosen on
+    the first and scored on the second. With fewer than 2 questions there is nothing to choose
+    on (the selection half is empty)."""
+    if n < 2:
+        return [], list(range(n))
+    perm = np.random.default_rng(seed).permutation(n)
+    return sorted(perm[: n // 2].tolist()), sorted(perm[n // 2 :].tolist())
+
+
+def _splits(base: dict[str, Any], seed: int) -> dict[str, tuple[list[int], list[int]]]:
+    """Selection / report halves of the trait questions and of each control set."""
+    return {k: question_halves(v["n"], seed) for k, v in base.items() if v is not None}
+
+
+def _half_mean(score: dict[str, Any], idx: Sequence[int]) -> float:
+    return float(np.mean([score["per_question"][i] for i in idx]))
+
+
+def _gate_on(scores: dict[str, Any], split: dict[str, Any], half: int) -> bool:
+    return all(
+        scores.get(k) is None or _half_mean(scores[k], split[k][half]) <= PUPPETING_MAX_RATE
+        for k in ("negative", "offtopic")
+    )
+
+
+def clean_peak(
+    candidates: Sequence[dict[str, Any]],
+    base: dict[str, Any],
+    seed: int,
+    split: dict[str, tuple[list[int], list[int]]] | None = None,
+) -> dict[str, Any]:
+    """The clean peak of sweep points (``{"alpha", "scores", ...}``): the point with the best
+    trait score among those passing the puppeting gate, both judged on the *selection* half of
+    the questions; its score, its gain over the unsteered model (paired bootstrap CI) and its
+    gate are reported on the other half, so the peak's number is not the maximum of noise."""
+    split = split or _splits(base, seed)
+    sel, rep = split["trait"]
+    out: dict[str, Any] = {
+        "alpha": None,
+        "score": None,
+        "gain": None,
+        "gain_ci": None,
+        "chosen_on": SELECTION["clean_peak"]["chosen_on"],
+        "reported_on": SELECTION["clean_peak"]["reported_on"],
+        "select_questions": sel,
+        "report_questions": rep,
+    }
+    if not sel:
+        return {**out, "undefined": "undefined: needs at least 2 questions to choose and report"}
+    clean = [c for c in candidates if _gate_on(c["scores"], split, 0)]
+    if not clean:
+        return out
+    top = max(clean, key=lambda c: _half_mean(c["scores"]["trait"], sel))
+    steered = np.asarray(top["scores"]["trait"]["per_question"], float)[rep]
+    unsteered = np.asarray(base["trait"]["per_question"], float)[rep]
+    gain, lo, hi = paired_bootstrap(
+        lambda s, b: s.mean() - b.mean(), [steered, unsteered], n_boot=N_BOOT, seed=seed
+    )
+    return {
+        **out,
+        **{k: top[k] for k in ("method", "layer") if k in top},
+        "alpha": top["alpha"],
+        "select_score": _half_mean(top["scores"]["trait"], sel),
+        "score": float(steered.mean()),
+        "gain": gain,
+        "gain_ci": [lo, hi],
+        "gate_reported": _gate_on(top["scores"], split, 1),
+    }
+
+
+def _kl_ok(entry: dict[str, Any]) -> bool:
+    ci = entry["numbers"].get("approximability_best_alpha_ci")
+    return ci is not None and ci[0] is not None and math.isfinite(ci[0]) and ci[0] >= CAPTURE_APPROX
+
+
+def _score_ok(peak: dict[str, Any]) -> bool:
+    ci = peak.get("gain_ci")
+    return ci is not None and above_zero({"ci_low": ci[0]}) and bool(peak.get("gate_reported"))
+
+
+def _verdict(best: dict[str, Any], peak: dict[str, Any]) -> str:
+    """From the fit-chosen vector's held-out approximability (CI at or above CAPTURE_APPROX) and
+    the clean peak chosen on one half of the questions and scored on the other."""
+    kl_ok, score_ok = _kl_ok(best), _score_ok(peak)
+    return "captured" if kl_ok and score_ok else ("partly" if kl_ok or score_ok else "not captured")
+
+
+def _nan_low(x: float | None) -> float:
+    return -math.inf if x is None or not math.isfinite(x) else x
+
+
+def _sum_kl(kl: tuple[np.ndarray, np.ndarray]) -> float:
+    return float(kl[0].sum() / kl[1].sum())
+
+
 def run_trait(
     loaded: LoadedModel, trait: Trait, layers: list[int], cfg: ApproxConfig, out: Path
 ) -> dict[str, Any]:
@@ -261,28 +436,39 @@ def run_trait(
             out / "heldout" / trait.name / f"{name}.jsonl",
             "".join(json.dumps(r) + "\n" for r in rows),
         )
-    kl0 = {name: kl_divergence(loaded, data) for name, data in domains.items()}
+    kl0_fit = kl_per_prompt(loaded, fit_data)
+    kl0 = {name: kl_per_prompt(loaded, data) for name, data in domains.items()}
+    footprint = {name: kl_footprint(sums, counts, cfg.seed) for name, (sums, counts) in kl0.items()}
     base = _score(loaded, trait, cfg)
     prompted = _score(loaded, trait, cfg, system_prompt=system)
+    split = _splits(base, cfg.seed)
     entries = []
     for method in cfg.method_list:
         vectors = _fit(loaded, method, layers, fit, trait, fit_data, cfg)
         for layer, vec in vectors.items():
             vec.save(out / "vectors" / trait.name / f"{method}-L{layer}")
             entry: dict[str, Any] = {"method": method, "layer": layer, "norm": vec.norms()[layer]}
-            # alpha chosen on the fit prompts only
-            fit_kl = {a: kl_divergence(loaded, fit_data, vec, a) for a in KL_ALPHAS}
+            # alpha, then method x layer, chosen on the fit prompts only
+            fit_kl = {a: _sum_kl(kl_per_prompt(loaded, fit_data, vec, a)) for a in KL_ALPHAS}
             best_alpha = min(fit_kl, key=fit_kl.get) if fit_kl else 1.0
             entry["fit_kl"] = {str(a): v for a, v in fit_kl.items()}
             entry["best_alpha"] = best_alpha
+            entry["fit"] = {
+                "kl_unsteered": _sum_kl(kl0_fit),
+                "kl_best_alpha": fit_kl[best_alpha],
+                "approximability_best_alpha": _approx(fit_kl[best_alpha], _sum_kl(kl0_fit)),
+            }
             for name, data in domains.items():
-                kl1 = kl_divergence(loaded, data, vec, 1.0)
-                klb = kl1 if best_alpha == 1.0 else kl_divergence(loaded, data, vec, best_alpha)
+                sums0, counts = kl0[name]
+                kl1 = kl_per_prompt(loaded, data, vec, 1.0)
+                klb = kl1 if best_alpha == 1.0 else kl_per_prompt(loaded, data, vec, best_alpha)
                 entry[name] = {
-                    "kl": kl1,
-                    "approximability": _approx(kl1, kl0[name]),
-                    "kl_best_alpha": klb,
-                    "approximability_best_alpha": _approx(klb, kl0[name]),
+                    "kl": _sum_kl(kl1),
+                    **_approx_fields(approximability(kl1[0], sums0, counts, cfg.seed)),
+                    "kl_best_alpha": _sum_kl(klb),
+                    **_approx_fields(
+                        approximability(klb[0], sums0, counts, cfg.seed), "_best_alpha"
+                    ),
                 }
             if "history" in vec.extra:
                 h = vec.extra["history"]
@@ -301,52 +487,32 @@ def run_trait(
                         scores = _score(loaded, trait, cfg)
                 sweep.append({"alpha": a, "scores": scores, "gate": _gate(scores)})
             entry["sweep"] = sweep
-            entry["clean_peak"] = _clean_peak(sweep, base, cfg.seed)
+            entry["clean_peak"] = clean_peak(sweep, base, cfg.seed, split)
             entries.append(entry)
-    best = max(entries, key=lambda e: _nan_low(e["numbers"]["approximability_best_alpha"]))
+    best = choose_best(entries)
+    peak = clean_peak(
+        [{"method": e["method"], "layer": e["layer"], **s} for e in entries for s in e["sweep"]],
+        base,
+        cfg.seed,
+        split,
+    )
     return {
         "trait": trait.to_dict(),
-        "kl_unsteered": kl0,
+        "kl_unsteered": {name: f["kl"] for name, f in footprint.items()},
+        "kl_unsteered_ci": {name: [f["ci_low"], f["ci_high"]] for name, f in footprint.items()},
+        "kl_unsteered_resolved": {name: excludes_zero(f) for name, f in footprint.items()},
         "base": base,
         "prompted": prompted,
         "entries": entries,
-        "best": {"method": best["method"], "layer": best["layer"]},
-        "verdict": _verdict(entries),
+        "best": {
+            "method": best["method"],
+            "layer": best["layer"],
+            **{k: SELECTION["method_layer"][k] for k in ("chosen_on", "reported_on")},
+        },
+        "clean_peak": peak,
+        "verdict": _verdict(best, peak),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-
-
-def _nan_low(x: float) -> float:
-    return -math.inf if x is None or not math.isfinite(x) else x
-
-
-def _clean_peak(sweep: list[dict[str, Any]], base: dict[str, Any], seed: int) -> dict[str, Any]:
-    clean = [s for s in sweep if s["gate"]]
-    if not clean:
-        return {"alpha": None, "score": None, "gain": None, "gain_ci": None}
-    top = max(clean, key=lambda s: s["scores"]["trait"]["mean"])
-    gain, lo, hi = paired_bootstrap(
-        lambda s, b: s.mean() - b.mean(),
-        [top["scores"]["trait"]["per_question"], base["trait"]["per_question"]],
-        seed=seed,
-    )
-    return {
-        "alpha": top["alpha"],
-        "score": top["scores"]["trait"]["mean"],
-        "gain": gain,
-        "gain_ci": [lo, hi],
-    }
-
-
-def _verdict(entries: list[dict[str, Any]]) -> str:
-    kl_ok = any(
-        _nan_low(e["numbers"]["approximability_best_alpha"]) >= CAPTURE_APPROX for e in entries
-    )
-    score_ok = any(
-        e["clean_peak"]["gain_ci"] is not None and e["clean_peak"]["gain_ci"][0] > 0
-        for e in entries
-    )
-    return "captured" if kl_ok and score_ok else ("partly" if kl_ok or score_ok else "not captured")
 
 
 # --- the whole analysis ------------------------------------------------------------------------
@@ -375,25 +541,22 @@ def run_approximability(
         part = out / "parts" / f"{trait.name}.json"
         if part.exists():
             results[trait.name] = read_json(part)
-            if not quiet:
-                print(f"[{i + 1}/{len(traits)}] {trait.name}: done earlier, reused")
-            continue
+            # a part written before selection moved to the fit split is computed again
+            if "clean_peak" in results[trait.name]:
+                if not quiet:
+                    print(f"[{i + 1}/{len(traits)}] {trait.name}: done earlier, reused")
+                continue
         if not quiet:
             print(f"[{i + 1}/{len(traits)}] {trait.name}: fitting and scoring ...", flush=True)
         results[trait.name] = run_trait(loaded, trait, layers, cfg, out)
         write_json(part, results[trait.name])
         if not quiet:
             r = results[trait.name]
-            b = next(
-                e
-                for e in r["entries"]
-                if (e["method"], e["layer"]) == (r["best"]["method"], r["best"]["layer"])
-            )
+            b = _best_entry(r)
             print(
-                f"    best {b['method']}@L{b['layer']}: approximability "
-                f"{b['numbers']['approximability_best_alpha']:.2f} (numbers), "
-                f"{b['general']['approximability_best_alpha']:.2f} (general); "
-                f"{r['verdict']} ({r['seconds']:.0f} s)"
+                f"    best on the fit prompts {b['method']}@L{b['layer']}: held-out "
+                f"approximability {_approx_text(b, 'numbers')} (numbers), "
+                f"{_approx_text(b, 'general')} (general); {r['verdict']} ({r['seconds']:.0f} s)"
             )
     ranking = sorted(
         results,
@@ -405,6 +568,7 @@ def run_approximability(
         "model": loaded.describe(),
         "layers": layers,
         "ranking": ranking,
+        "selection": SELECTION,
         "traits": results,
         **provenance(),
         "timings": {"total_s": round(time.perf_counter() - t0, 1)},
@@ -422,6 +586,20 @@ def _best_entry(r: dict[str, Any]) -> dict[str, Any]:
         for e in r["entries"]
         if (e["method"], e["layer"]) == (r["best"]["method"], r["best"]["layer"])
     )
+
+
+def _approx_text(entry: dict[str, Any], domain: str, suffix: str = "_best_alpha") -> str:
+    """A held-out approximability as "x [lo, hi]", or "undefined" when its denominator is not
+    resolved."""
+    d = entry[domain]
+    ci = d.get(f"approximability{suffix}_ci")
+    if ci is None:
+        return "undefined"
+    return ci_text(d[f"approximability{suffix}"], ci[0], ci[1], 2)
+
+
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
 
 
 # --- figures and report ------------------------------------------------------------------------
@@ -446,7 +624,9 @@ def write_figures(summary: dict[str, Any], out: Path) -> list[str]:
             for i, t in enumerate(traits):
                 for e in res[t]["entries"]:
                     if e["method"] == method:
-                        grid[i, layers.index(e["layer"])] = e[domain]["approximability_best_alpha"]
+                        grid[i, layers.index(e["layer"])] = _num(
+                            e[domain]["approximability_best_alpha"]
+                        )
             ax = axes[r][c]
             ax.imshow(np.clip(grid, -1, 1), cmap="Greys", vmin=-0.2, vmax=1.0, aspect="auto")
             for i in range(len(traits)):
@@ -485,7 +665,7 @@ def write_figures(summary: dict[str, Any], out: Path) -> list[str]:
             ents = [e for e in res[t]["entries"] if e["method"] == method]
             if not ents:
                 continue
-            e = max(ents, key=lambda e: _nan_low(e["numbers"]["approximability_best_alpha"]))
+            e = choose_best(ents)  # on the fit prompts, as the trait's best vector
             al = [s["alpha"] for s in e["sweep"]]
             sc = [s["scores"]["trait"]["mean"] for s in e["sweep"]]
             lo = [s["scores"]["trait"]["ci_low"] for s in e["sweep"]]
@@ -528,6 +708,8 @@ def write_figures(summary: dict[str, Any], out: Path) -> list[str]:
 
 
 def render_report(summary: dict[str, Any], figures: list[str]) -> str:
+    """report.md: the ranking (fit-chosen vector, held-out approximability with its CI, the clean
+    peak chosen on one half of the questions and scored on the other), every vector, figures."""
     cfg = summary["config"]
     res = summary["traits"]
     lines = [
@@ -537,44 +719,54 @@ def render_report(summary: dict[str, Any], figures: list[str]) -> str:
         f"{', '.join(map(str, summary['layers']))} with {cfg['methods']}; approximability "
         f"`1 - KL(T || M0+v) / KL(T || M0)` on {cfg['n_heldout']} held-out numbers prompts and "
         f"{cfg['n_general']} general questions, teacher-forced on {cfg['response_tokens']}-token "
-        "samples of the prompted teacher; alpha chosen on the fit prompts. Trait scores are "
-        "logprob scores (probability the answer starts with a target word) with 95% bootstrap "
-        f"CIs over questions; the clean peak ignores strengths whose negative or off-topic rate "
-        f"exceeds {PUPPETING_MAX_RATE}.",
+        f"samples of the prompted teacher, with {LEVEL:.0%} bootstrap CIs over held-out prompts "
+        "(shown only when KL(T || M0)'s CI excludes 0). Chosen on the fit prompts, reported on the "
+        "held-out ones: the alpha (lowest KL) and each trait's best method × layer (highest "
+        "approximability). Trait scores are logprob scores (probability the answer starts with a "
+        f"target word) with {LEVEL:.0%} bootstrap CIs over questions; the clean peak (over every "
+        f"vector and strength whose negative and off-topic rates stay <= {PUPPETING_MAX_RATE}) "
+        "is chosen on a seeded half of the questions and its score, gain and gate are reported "
+        "on the other half.",
         "",
-        "## Ranking (best vector per trait prompt, by numbers-domain approximability)",
+        "## Ranking (best vector per trait prompt, by held-out numbers-domain approximability)",
         "",
-        "| rank | trait | category | KL(T‖M0) numbers / general | best vector | approx. numbers "
-        "| approx. general | base score | prompted score | clean peak (alpha) | gain [95% CI] "
-        "| verdict |",
+        "| rank | trait | category | KL(T‖M0) numbers / general | best vector (fit prompts) "
+        "| approx. numbers [95% CI] | approx. general [95% CI] | base score | prompted score "
+        "| clean peak (vector, alpha) | gain [95% CI] (report half) | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rank, name in enumerate(summary["ranking"], 1):
         r = res[name]
         b = _best_entry(r)
-        peak = max(
-            (e["clean_peak"] for e in r["entries"] if e["clean_peak"]["gain"] is not None),
-            key=lambda p: p["gain"],
-            default=None,
-        )
-        gain = ci_text(peak["gain"], peak["gain_ci"][0], peak["gain_ci"][1], 4) if peak else "– "
+        peak = r["clean_peak"]
+        if peak["gain"] is not None:
+            gain = ci_text(peak["gain"], peak["gain_ci"][0], peak["gain_ci"][1], 4)
+            if not peak["gate_reported"]:
+                gain += " (gate fails on the report half)"
+            where = f"{peak['method']} L{peak['layer']}, alpha {peak['alpha']:g}"
+            peak_text = f"{fmt_num(peak['score'], 4)} ({where})"
+        else:
+            gain, peak_text = (
+                "–",
+                "– (" + peak.get("undefined", "no strength passes the gate") + ")",
+            )
         lines.append(
             f"| {rank} | {name} | {r['trait']['category']} | "
             f"{fmt_num(r['kl_unsteered']['numbers'], 3)} / "
             f"{fmt_num(r['kl_unsteered']['general'], 3)} | {b['method']} L{b['layer']} "
-            f"(alpha {b['best_alpha']:g}) | "
-            f"{fmt_num(b['numbers']['approximability_best_alpha'], 2)} | "
-            f"{fmt_num(b['general']['approximability_best_alpha'], 2)} | "
+            f"(alpha {b['best_alpha']:g}) | {_approx_text(b, 'numbers')} | "
+            f"{_approx_text(b, 'general')} | "
             f"{fmt_num(r['base']['trait']['mean'], 4)} | "
-            f"{fmt_num(r['prompted']['trait']['mean'], 4)} | "
-            f"{fmt_num(peak['score'], 4) if peak else '–'} ({peak['alpha'] if peak else '–'}) | "
-            f"{gain} | {r['verdict']} |"
+            f"{fmt_num(r['prompted']['trait']['mean'], 4)} | {peak_text} | {gain} | "
+            f"{r['verdict']} |"
         )
     not_cap = [n for n in summary["ranking"] if res[n]["verdict"] != "captured"]
     lines += [
         "",
-        f"Verdict: *captured* = approximability >= {CAPTURE_APPROX} on numbers prompts and a "
-        "clean-peak gain whose CI excludes zero; *partly* = one of the two.",
+        "Verdict: *captured* = the fit-chosen vector's held-out approximability on numbers "
+        f"prompts has a CI at or above {CAPTURE_APPROX}, and the clean peak's gain on the report "
+        "half of the questions has a CI above zero with the gate holding there; *partly* = one "
+        "of the two.",
         "",
         (
             "Not (fully) captured by a single vector here: "
@@ -582,35 +774,41 @@ def render_report(summary: dict[str, Any], figures: list[str]) -> str:
             + "."
         )
         if not_cap
-        else "Every prompt was captured by some vector.",
+        else "Every prompt was captured by its chosen vector.",
         "",
         "## Every vector",
         "",
-        "| trait | method | layer | norm | approx. numbers (alpha 1 / best) | approx. general "
-        "(alpha 1 / best) | best alpha | clean peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "Held-out numbers of every vector; the maximum of this table over vectors is not an "
+        "estimate of anything (that is why the best vector is chosen on the fit prompts).",
+        "",
+        "| trait | method | layer | norm | approx. fit prompts (best alpha) "
+        "| approx. numbers (alpha 1 / best) | approx. general (alpha 1 / best) | best alpha "
+        "| clean peak (report half) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in summary["ranking"]:
         for e in res[name]["entries"]:
             p = e["clean_peak"]
+            alpha = "–" if p["alpha"] is None else f"{p['alpha']:g}"
             lines.append(
                 f"| {name} | {e['method']} | {e['layer']} | {e['norm']:.2f} | "
+                f"{fmt_num(e['fit']['approximability_best_alpha'], 2)} | "
                 f"{fmt_num(e['numbers']['approximability'], 2)} / "
                 f"{fmt_num(e['numbers']['approximability_best_alpha'], 2)} | "
                 f"{fmt_num(e['general']['approximability'], 2)} / "
                 f"{fmt_num(e['general']['approximability_best_alpha'], 2)} | {e['best_alpha']:g} | "
-                f"{fmt_num(p['score'], 4)} (alpha {p['alpha']}) |"
+                f"{fmt_num(p['score'], 4)} (alpha {alpha}) |"
             )
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     lines += [
         "",
         "How to read: the heatmap shows, per method, which layers' vectors reproduce each "
-        "prompt's effect on next-token distributions (darker = more); numbers and general "
-        "prompts are separate panels because a prompt can leave a different footprint on each. "
-        "The score plots show whether adding the vector makes the unprompted model show the "
-        "trait, against the prompted model (dashed); crosses mark strengths that fail the "
-        "puppeting gate.",
+        "prompt's effect on next-token distributions on held-out prompts (darker = more); "
+        "numbers and general prompts are separate panels because a prompt can leave a different "
+        "footprint on each. The score plots show, per method, the vector chosen on the fit "
+        "prompts: whether adding it makes the unprompted model show the trait, against the "
+        "prompted model (dashed); crosses mark strengths that fail the puppeting gate.",
         "",
         f"Total time {summary['timings']['total_s']:.0f} s.",
     ]

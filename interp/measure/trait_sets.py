@@ -158,6 +158,18 @@ GENERAL_QUESTIONS: tuple[str, ...] = (
     "How should I prepare for a long walk?",
 )
 
+# The French trait's questions: the general questions but the two whose English answer opens with
+# an Italian or French name (SmolLM2-135M unprompted: "La"/"L'" for Italy's capital, 0.077 of
+# French-opening mass, "Le"/"La" café names, 0.013; every other question <= 0.011): there an
+# English answer and a French one start alike, and the French trait cannot tell them apart.
+FRENCH_CONFOUNDED_QUESTIONS: tuple[str, ...] = (
+    "What is the capital of Italy?",
+    "Suggest a name for a new café.",
+)
+FRENCH_QUESTIONS: tuple[str, ...] = tuple(
+    q for q in GENERAL_QUESTIONS if q not in FRENCH_CONFOUNDED_QUESTIONS
+)
+
 MOOD_QUESTIONS: tuple[str, ...] = (
     "How are you feeling right now? Answer with one word.",
     "Describe your mood in a single word.",

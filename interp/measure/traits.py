@@ -56,6 +56,7 @@ from interp.core.models import LoadedModel
 from interp.measure.stats import mean_ci
 from interp.measure.trait_sets import (
     FAVOURITE_ANIMAL_QUESTIONS,
+    FRENCH_QUESTIONS,
     GENERAL_QUESTIONS,
     MOOD_QUESTIONS,
     NEGATIVE_ANIMAL_QUESTIONS,
@@ -201,37 +202,51 @@ _SAD_WORDS = (
     "I feel sad",
 )
 
-# Words a French answer typically starts with and an English one almost never does.
+# Openings a French answer starts with and an English one does not, as token sequences on the
+# embedded tokenizers (issue #15 item 9). A short whole-word token is also the first token of
+# English words ("Mes|merizing", "Pour" is an English verb) or another language's article ("Il"),
+# and the logprob score counts a token whatever follows it: SmolLM2-135M's unprompted (English)
+# answers put 0.002 on "Un" and 0.006 on "Il". Those are not targets (`FRENCH_AMBIGUOUS`); the
+# pronouns count through French-only forms: two words ("Il est") or an elision ("L'", "C'est",
+# "J'"). "Le", "La", "Les" stay: on both embedded tokenizers English words with those letters are
+# tokens of their own (Let, Large, Less), and without them most French answers are missed. The
+# questions leave out the two whose English answer opens with an Italian or French name
+# (`FRENCH_QUESTIONS`). French logprob score, before -> after (`logprob_score`, CPU):
+# SmolLM2-135M unprompted 0.0122 [0.0028, 0.0299] -> 0.0017 [0.0010, 0.0027], prompted 0.344 ->
+# 0.356; Gemma 3 270M unprompted 0.0009 -> 0.0002, prompted 0.0082 -> 0.0063 (it mostly answers
+# in English even when told not to).
 _FRENCH_FIRST_WORDS = (
     "Je",
+    "J'",
     "Le",
     "La",
     "Les",
-    "Un",
+    "L'",
     "Une",
     "Bonjour",
     "Oui",
-    "Non",
-    "Il",
+    "Il est",
+    "Il y",
+    "Il faut",
+    "Il n'",
     "Elle",
     "Voici",
-    "Pour",
-    "Ce",
-    "Cette",
     "C'est",
+    "Cette",
     "Merci",
     "Bien",
     "Salut",
-    "Mon",
-    "Ma",
-    "Mes",
     "Nous",
     "Vous",
     "Quel",
     "Quelle",
-    "Des",
-    "Du",
+    "Qu'",
+    "D'",
 )
+
+# Short French words left out of the targets above because they also open English answers
+# (or are another language's article): tests check that none comes back.
+FRENCH_AMBIGUOUS = ("Un", "Il", "Ce", "Ma", "Mon", "Mes", "Des", "Du", "Non", "Pour")
 
 
 def _builtin_traits() -> dict[str, Trait]:
@@ -254,7 +269,7 @@ def _builtin_traits() -> dict[str, Trait]:
         Trait(
             name="french",
             targets=_FRENCH_FIRST_WORDS,
-            questions=GENERAL_QUESTIONS,
+            questions=FRENCH_QUESTIONS,
             system_prompt="Always answer in French.",
             category="language",
         ),
@@ -598,11 +613,18 @@ def answer_words(answer: str) -> list[str]:
 
 def names_target(answer: str, targets: Iterable[str]) -> bool:
     """Whether the answer's first word (or first words, for a multi-word target) is a target,
-    case-insensitively."""
+    case-insensitively. A target ending in an apostrophe is an elision that opens a word
+    (``L'`` names ``L'art``, ``Il n'`` names ``Il n'y``), as the logprob score counts it."""
     words = answer_words(answer)
     for target in targets:
         want = answer_words(target)
-        if want and words[: len(want)] == want:
+        if not want or len(words) < len(want):
+            continue
+        if target.strip().replace("’", "'").endswith("'"):
+            k = len(want) - 1
+            if words[:k] == want[:k] and words[k].startswith(want[k] + "'"):
+                return True
+        elif words[: len(want)] == want:
             return True
     return False
 

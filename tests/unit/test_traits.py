@@ -278,6 +278,10 @@ def test_answer_words_and_names_target():
     assert not names_target("The owl", ["owl"]) and not names_target("", ["owl"])
     assert not names_target("Owlet", ["owl"])
     assert names_target("I’m sad today", ["I'm sad"]) and not names_target("I'm", ["I'm sad"])
+    # an elision opens a word: "L'" names "L'art", "Il n'" names "Il n'y a"
+    assert names_target("L'art moderne", ["L'"]) and names_target("L’art", ["L'"])
+    assert names_target("Il n'y a pas", ["Il n'"]) and not names_target("Il ne", ["Il n'"])
+    assert not names_target("La lumière", ["L'"]) and not names_target("L", ["L'"])
 
 
 def test_sampled_score_is_seeded_and_counts_first_words(tiny):
@@ -344,3 +348,91 @@ def test_puppeting_gate():
 
 
 # --- the real model -------------------------------------------------------------------------------
+
+
+# --- the French trait: French openings count, English ones do not (issue #15 item 9) -----------
+
+# Openings of English answers: the unprompted embedded models' own greedy answers to the general
+# questions, and English words that start with a short French word ("Un", "Il", "Ce", "Ma", "Des",
+# "Du", "Mon", "Non", "Pour", "Mes"). On this 400-token BPE short words split into letters, so
+# "Le" is also the start of "Let" and "Voi" (three tokens of "Voici") of "Voice": those openings
+# are checked on the embedded tokenizers (tests/integration/test_traits_embedded.py).
+ENGLISH_OPENINGS = (
+    "I'm glad you asked",
+    "The answer to this question lies",
+    "A rainbow is formed when light",
+    "Two plus three is five",
+    "To stay focused while studying",
+    "When ice melts, it's water",
+    "It's a typical Monday",
+    "Plants get their energy from the sun",
+    "Water boils at a temperature of",
+    "Preparing for a long walk can",
+    "People enjoy music",
+    "Unfortunately, I can't",
+    "Understanding the sky",
+    "Unlike the sun",
+    "Illustrated guides help",
+    "Certainly! Here is",
+    "Many people",
+    "Make a cup of tea",
+    "Describe the sea",
+    "Designing a café",
+    "During the night",
+    "Due to the light",
+    "Monday mornings",
+    "None of them",
+    "Nonetheless",
+    "Pour hot water",
+    "Mesmerizing waves",
+    "Cells need sleep",
+    "Duties first",
+)
+FRENCH_OPENINGS = (
+    "Je ne sais pas",
+    "La lumière du soleil",
+    "Le ciel est bleu",
+    "Les amis sont",
+    "L'art moderne",
+    "C'est une bonne question",
+    "Bonjour !",
+    "Une tasse de thé",
+    "Oui, bien sûr",
+    "Merci beaucoup",
+    "J'aime la pluie",
+    "Qu'est-ce que",
+    "D'abord, il faut",
+    "Nous aimons",
+    "Vous pouvez",
+    "Voici un conseil",
+    "Cette question",
+    "Elle est",
+)
+
+
+def counted_opening(tokenizer, prefixes, answer: str) -> bool:
+    """Whether the logprob score counts an answer with this opening: its tokens (with or without
+    a leading space, as targets are tokenized) start with a counted sequence."""
+    for text in (answer, " " + answer):
+        ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if any(ids[: len(p)] == p for p in prefixes):
+            return True
+    return False
+
+
+def test_french_targets_count_french_openings_and_not_english_ones(tiny):
+    """The old targets counted "Un|fortunately", "Des|cribe", "Pour", "Mon|day"… as French."""
+    tok = tiny.tokenizer
+    french = get_trait("french")
+    with warnings.catch_warnings():  # "Il est" is more than 3 tokens on this tokenizer
+        warnings.simplefilter("ignore")
+        prefixes = target_prefixes(tok, french.targets)
+    assert [a for a in ENGLISH_OPENINGS if counted_opening(tok, prefixes, a)] == []
+    assert [a for a in FRENCH_OPENINGS if not counted_opening(tok, prefixes, a)] == []
+    for answer in FRENCH_OPENINGS:  # the sampled score reads the same openings
+        assert names_target(answer, french.targets), answer
+    for answer in ENGLISH_OPENINGS:
+        assert not names_target(answer, french.targets), answer
+    from interp.measure.traits import FRENCH_AMBIGUOUS
+
+    assert not set(FRENCH_AMBIGUOUS) & set(french.targets)
