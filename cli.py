@@ -43,6 +43,15 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
+def _dtype_option(value: str | None) -> str | None:
+    """--dtype is checked while parsing: a bad name is one line and exit 2, before any work."""
+    if value is not None:
+        from interp.core.models import resolve_dtype
+
+        resolve_dtype(value)
+    return value
+
+
 def _echo_lines(lines: list[str]) -> None:
     for line in lines:
         typer.echo(line)
@@ -63,7 +72,8 @@ Seed = Annotated[
 Limit = Annotated[int | None, typer.Option("--limit", help="Use only the first N prompts.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
+DTYPE_HELP = "Model weights dtype: float32, bfloat16 or float16 (bfloat16 on a GPU)."
+Dtype = Annotated[str, typer.Option("--dtype", help=DTYPE_HELP, callback=_dtype_option)]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace a different earlier run at the path.")
@@ -108,14 +118,37 @@ Seeds = Annotated[
 RunModel = Annotated[str | None, typer.Option("--model", help="Model (default: the config's).")]
 RunSeed = Annotated[int | None, typer.Option("--seed", min=0)]
 RunDevice = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda.")]
+RunDtype = Annotated[
+    str | None,
+    typer.Option("--dtype", help=DTYPE_HELP + " Default: the config's.", callback=_dtype_option),
+]
 Trait = Annotated[str | None, typer.Option("--trait", help="Trait name or JSON file.")]
 Vector = Annotated[str | None, typer.Option("--vector", help="Steering vector dir.")]
-Alpha = Annotated[float | None, typer.Option("--alpha", callback=_finite)]
+
+
+def _alpha_or_auto(value: str | None) -> float | str | None:
+    """`--alpha` for steered teachers: a finite number or "auto" (the strongest fair teacher)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number or 'auto'") from None
+    return _finite(number)
+
+
+Alpha = Annotated[
+    str | None,
+    typer.Option(
+        "--alpha", callback=_alpha_or_auto, help="Teacher strength, or auto (see README)."
+    ),
+]
 SteerLayers = Annotated[
     str | None, typer.Option("--layers", help="Steer only these layers of the vector.")
 ]
 Rows = Annotated[int | None, typer.Option("--n", help="Rows per teacher.")]
-Objective = Annotated[str | None, typer.Option("--objective", help="sft or logit-kl.")]
+OBJECTIVE_HELP = "sft, logit-kl or logit-kl-full (an upper bound: not subliminal)."
+Objective = Annotated[str | None, typer.Option("--objective", help=OBJECTIVE_HELP)]
 Lr = Annotated[float | None, typer.Option("--lr", callback=_finite)]
 MaxSteps = Annotated[int | None, typer.Option("--max-steps")]
 LoraRank = Annotated[int | None, typer.Option("--lora-rank", help="0 = full FT.")]
@@ -123,10 +156,23 @@ Questions = Annotated[int | None, typer.Option("--limit", help="First N question
 
 
 @app.command("models")
-def models_cmd() -> None:
+def models_cmd(
+    path: Annotated[
+        str | None,
+        typer.Option(
+            "--path",
+            metavar="NAME",
+            help="Print only NAME's local model directory (written first if missing): it loads "
+            "in transformers 4.x and 5.x, for lm-eval, vLLM, repeng or TransformerLens.",
+        ),
+    ] = None,
+) -> None:
     """List the model registry: name, architecture, layers, d_model, source, cached?"""
-    from interp.core.models import cache_root, list_models
+    from interp.core.models import cache_root, list_models, model_path
 
+    if path is not None:
+        typer.echo(str(model_path(path)))
+        return
     rows = list_models()
     cols = ["name", "architecture", "layers", "d_model", "cached", "source"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
@@ -229,6 +275,7 @@ def vectors_fit_cmd(
     limit: Limit = None,
     batch_size: BatchSize = 16,
     device: Device = "auto",
+    dtype: Dtype = "float32",
     quiet: Quiet = False,
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
@@ -252,6 +299,7 @@ def vectors_fit_cmd(
         limit=limit,
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
         quiet=quiet,
         trust_remote_code=trust_remote_code,
     )
@@ -265,20 +313,37 @@ def vectors_fit_cmd(
 @vectors_app.command("export")
 def vectors_export_cmd(
     path: Annotated[Path, typer.Argument(help="A vector directory from `sublens vectors fit`.")],
-    format: Annotated[str, typer.Option("--format", help="lm-eval or gguf.")] = "lm-eval",
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="lm-eval: a .pt steering file for lm-eval's `--model steered`; gguf: a .gguf "
+            "control vector for llama.cpp (--control-vector) and repeng (import_gguf).",
+        ),
+    ] = "lm-eval",
     alpha: Annotated[
-        float, typer.Option("--alpha", callback=_finite, help="Steering coefficient.")
+        float,
+        typer.Option(
+            "--alpha", callback=_finite, help="Steering coefficient stored with the vector."
+        ),
     ] = 1.0,
     output_path: Annotated[
         Path | None,
         typer.Option(
             "--output-path",
-            help="File to write: lm-eval a .pt steering file (default VECTOR/lm_eval_steer.pt), "
-            "gguf a llama.cpp control vector (default VECTOR/control_vector.gguf).",
+            help="The file to write, not a run directory: FILE.pt (lm-eval) or FILE.gguf (gguf); "
+            "a directory gets the default name inside it. Default: lm_eval_steer.pt or "
+            "control_vector.gguf inside the vector directory.",
         ),
     ] = None,
 ) -> None:
-    """Export a vector for lm-eval's steered model or llama.cpp control vectors."""
+    """Export a vector as one file for another tool; prints the file written.
+
+    lm-eval → FILE.pt: lm_eval --model steered --model_args steer_path=FILE,...
+    gguf → FILE.gguf: llama.cpp --control-vector FILE; repeng's import_gguf.
+    Each holds alpha × the vector per layer, same layer index (gguf: no layer 0).
+    No export needed for safetensors: VECTOR/vector.safetensors has keys layer.N.
+    The model directory to pair them with: sublens models --path NAME."""
     from analyses import steps
 
     typer.echo(f"{steps.export(path, format, alpha, output_path)}")
@@ -316,6 +381,8 @@ def approximability_cmd(
     ] = None,
     batch_size: BatchSize = 16,
     device: Device = "auto",
+    dtype: Dtype = "float32",
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -341,6 +408,8 @@ def approximability_cmd(
         seed=seed,
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
     out = output_path or default_output("approximability", Path(model).name)
     _echo_lines(summary_lines(run_approximability(cfg, out, overwrite=overwrite, quiet=quiet)))
@@ -362,6 +431,9 @@ def distill_run_cmd(
     vector: Vector = None,
     alpha: Alpha = None,
     n: Annotated[int | None, typer.Option("--n", help="Rows to generate per teacher.")] = None,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="transformers, or vllm (GPU; not steered).")
+    ] = None,
     objective: Objective = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer")] = None,
     lr: Lr = None,
@@ -374,6 +446,8 @@ def distill_run_cmd(
     output_path: OutputPath = None,
     seed: RunSeed = None,
     device: RunDevice = None,
+    dtype: RunDtype = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -388,6 +462,7 @@ def distill_run_cmd(
         vector=vector,
         alpha=alpha,
         n=n,
+        engine=engine,
         objective=objective,
         optimizer=optimizer,
         lr=lr,
@@ -398,8 +473,12 @@ def distill_run_cmd(
         output_path=output_path,
         seed=seed,
         device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code or None,
     )
     results = run_and_report(resolve(config, None, flags), overwrite=overwrite, quiet=quiet)
+    if results.get("follower") is not None:  # a non-main process of `accelerate launch`
+        return
     _echo_lines(summary_lines(results))
     typer.echo(f"report: {Path(results['run']) / 'report.md'}")
 
@@ -428,6 +507,8 @@ def distill_generate_cmd(
     seed: Seed = 0,
     batch_size: BatchSize = 32,
     device: Device = "auto",
+    dtype: Dtype = "float32",
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -453,6 +534,8 @@ def distill_generate_cmd(
         device=device,
         overwrite=overwrite,
         quiet=quiet,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
     typer.echo(f"{output_path}: {summary.get('rows')} rows")
 
@@ -482,7 +565,7 @@ def distill_filter_cmd(
 def distill_train_cmd(
     data: Annotated[Path, typer.Option("--data", help="Filtered JSONL rows.")],
     output_path: Annotated[Path, typer.Option("--output-path", help="Run directory.")],
-    objective: Annotated[str, typer.Option("--objective", help="sft or logit-kl.")] = "sft",
+    objective: Annotated[str, typer.Option("--objective", help=OBJECTIVE_HELP)] = "sft",
     targets: Annotated[
         Path | None, typer.Option("--targets", help="Teacher targets dir (logit-kl).")
     ] = None,
@@ -496,6 +579,8 @@ def distill_train_cmd(
     seed: Seed = 0,
     batch_size: BatchSize = 8,
     device: Device = "auto",
+    dtype: Dtype = "float32",
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -523,7 +608,11 @@ def distill_train_cmd(
         device=device,
         overwrite=overwrite,
         quiet=quiet,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
+    if summary.get("follower") is not None:  # a non-main process of `accelerate launch`
+        return
     typer.echo(
         f"{output_path}: {summary.get('steps')} steps, final loss {summary.get('final_loss')}"
     )
@@ -532,13 +621,18 @@ def distill_train_cmd(
 @distill_app.command("eval")
 def distill_eval_cmd(
     run: RunArg,
+    device: RunDevice = None,
+    dtype: RunDtype = None,
+    trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
 ) -> None:
-    """(Re)evaluate a run's checkpoints and rewrite its results and report."""
+    """(Re)evaluate a run's checkpoints with the run's model and dtype; rewrite its results and
+    report."""
     from analyses.distill import run_and_report
-    from interp.distill.config import stored_config
+    from interp.distill.config import Overrides, stored_config
 
-    results = run_and_report(stored_config(run), quiet=quiet, eval_only=True)
+    flags = Overrides(device=device, dtype=dtype, trust_remote_code=trust_remote_code or None)
+    results = run_and_report(stored_config(run, flags), quiet=quiet, eval_only=True)
     typer.echo(f"report: {Path(results['run']) / 'report.md'}")
 
 
@@ -568,6 +662,8 @@ def align_cmd(
     seed: Seed = 0,
     batch_size: BatchSize = 16,
     device: Device = "auto",
+    dtype: RunDtype = None,
+    trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
 ) -> None:
     """Drift of student and control checkpoints vs v_teacher: alignment, nulls, interventions."""
@@ -590,6 +686,8 @@ def align_cmd(
         grad_rows=grad_rows,
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
     for line in summary_lines(results):
         typer.echo(line)
@@ -612,6 +710,8 @@ def probe_cmd(
     seed: Seed = 0,
     batch_size: BatchSize = 16,
     device: Device = "auto",
+    dtype: RunDtype = None,
+    trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
 ) -> None:
     """Probes for "trait prompt present", applied to every student and control checkpoint."""
@@ -630,6 +730,8 @@ def probe_cmd(
         n_boot=n_boot,
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
     for layer, p in results["probes"].items():
         shares = {m: c[layer][-1]["share"] for m, c in results["curves"].items() if c.get(layer)}
@@ -714,6 +816,8 @@ def eval_compliance_cmd(
     batch_size: BatchSize = 16,
     n_boot: NBoot = 2000,
     device: RunDevice = None,
+    dtype: RunDtype = None,
+    trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
 ) -> None:
     """Phrase, refusal-direction and (optional) judge compliance of base, teacher, student and
@@ -734,6 +838,8 @@ def eval_compliance_cmd(
         batch_size=batch_size,
         n_boot=n_boot,
         device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code or None,
     )
     _echo_lines(summary_lines(run_compliance(target, cfg, quiet=quiet)))
     typer.echo(f"report: {target / 'compliance' / 'report.md'}")
@@ -753,11 +859,14 @@ def demo_cmd(
     output_path: OutputPath = None,
     seed: Seed = 0,
     device: Device = "auto",
+    dtype: Dtype = "float32",
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """The whole study on one model, quick preset: approximability, an owl distillation with its
-    control, drift alignment, probes, one report (about 10 minutes on 2 cores)."""
+    """The whole study on one model, quick preset: approximability, a French-steered teacher's
+    vector student (where transfer shows) and a prompted-owl one (the honest negative) with a
+    shared control, drift alignment, probes, one report (about 10 minutes on 2 cores)."""
     from analyses.demo import run_demo
 
     results = run_demo(
@@ -767,6 +876,8 @@ def demo_cmd(
         device=device,
         overwrite=overwrite,
         quiet=quiet,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
     _echo_lines(results["summary"])
     typer.echo(f"report: {results['report']}")
@@ -777,6 +888,20 @@ study_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(study_app, name="study")
+
+# where a study's points run (analyses.executor); Ray is the optional extra `.[ray]`
+ExecutorName = Annotated[
+    str, typer.Option("--executor", help="local (this process) or ray (one Ray task per point).")
+]
+RayAddress = Annotated[
+    str | None, typer.Option("--ray-address", help="auto or HOST:PORT (default: a local Ray).")
+]
+CpusPerPoint = Annotated[
+    int | None, typer.Option("--cpus-per-point", min=1, help="Ray: CPUs (threads) per point.")
+]
+GpusPerPoint = Annotated[
+    float | None, typer.Option("--gpus-per-point", min=0, help="Ray: GPUs per point.")
+]
 
 
 @study_app.command("transfer-ratio")
@@ -801,14 +926,22 @@ def study_transfer_ratio_cmd(
     n_boot: NBoot = 2000,
     output_path: OutputPath = None,
     device: RunDevice = None,
+    dtype: RunDtype = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = None,
+    cpus_per_point: CpusPerPoint = None,
+    gpus_per_point: GpusPerPoint = None,
 ) -> None:
     """Distil from teachers steered at each alpha; fit the ratio-vs-alpha curve's shape."""
+    from analyses.executor import make_executor
     from analyses.transfer_ratio import run_transfer_ratio, summary_lines
     from interp.core.parse import parse_floats
     from interp.distill.config import Overrides
 
+    runner = make_executor(executor, ray_address, cpus_per_point, gpus_per_point)
     res = run_transfer_ratio(
         vector,
         parse_floats(alphas, "--alphas"),
@@ -819,6 +952,8 @@ def study_transfer_ratio_cmd(
             model=model,
             trait=trait,
             device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code or None,
             n=n,
             objective=objective,
             lr=lr,
@@ -832,6 +967,7 @@ def study_transfer_ratio_cmd(
         n_boot=n_boot,
         overwrite=overwrite,
         quiet=quiet,
+        executor=runner,
     )
     _echo_lines(summary_lines(res))
     typer.echo(f"report: {Path(res['run']) / 'report.md'}")
@@ -877,13 +1013,21 @@ def study_optimizers_cmd(
     n_boot: NBoot = 2000,
     output_path: OutputPath = None,
     device: RunDevice = None,
+    dtype: RunDtype = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = None,
+    cpus_per_point: CpusPerPoint = None,
+    gpus_per_point: GpusPerPoint = None,
 ) -> None:
     """The same distillation with each optimizer, matched on training loss."""
+    from analyses.executor import make_executor
     from analyses.optimizer_ablation import run_optimizer_ablation
     from interp.distill.config import Overrides
 
+    runner = make_executor(executor, ray_address, cpus_per_point, gpus_per_point)
     res = run_optimizer_ablation(
         optimizers,
         seeds=seeds,
@@ -893,6 +1037,8 @@ def study_optimizers_cmd(
             model=model,
             trait=trait,
             device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code or None,
             n=n,
             objective=objective,
             max_steps=max_steps,
@@ -912,6 +1058,7 @@ def study_optimizers_cmd(
         n_boot=n_boot,
         overwrite=overwrite,
         quiet=quiet,
+        executor=runner,
     )
     _echo_lines(res["findings"])
     typer.echo(f"report: {Path(res['run']) / 'report.md'}")
@@ -935,28 +1082,42 @@ def study_toy_cmd(
     typer.echo(f"report: {out / 'report.md'}")
 
 
+# options the positive-control and approximability-transfer studies share
+SideRows = Annotated[int | None, typer.Option("--n", help="Rows generated per side.")]
+SelectTop = Annotated[int | None, typer.Option("--select-top", help="Rows kept (LLS top K).")]
+StudySteps = Annotated[int | None, typer.Option("--max-steps")]
+StudyLimit = Annotated[int | None, typer.Option("--limit", help="First N questions.")]
+
+
 @study_app.command("positive-control")
 def study_positive_control_cmd(
     model: Model = "smollm2-135m",
     preset: Annotated[
-        str, typer.Option("--preset", help="quick (French; vector + LoRA; LLS) or full.")
+        str,
+        typer.Option(
+            "--preset", help="quick (French; vector + LoRA; LLS), full, or paper (7B, one GPU)."
+        ),
     ] = "quick",
     traits: Annotated[str | None, typer.Option("--traits", help="e.g. french,owl")] = None,
     students: Annotated[
         str | None, typer.Option("--students", help="Any of vector,lora,full.")
     ] = None,
     selects: Annotated[str | None, typer.Option("--selects", help="Any of lls,random.")] = None,
+    objectives: Annotated[
+        str | None,
+        typer.Option("--objectives", help="logit-kl and/or logit-kl-full (the upper bound)."),
+    ] = None,
     seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per arm.")] = None,
     layer: Annotated[int | None, typer.Option("--layer", help="Steering layer.")] = None,
-    alpha: Annotated[
-        float | None, typer.Option("--alpha", callback=_finite, help="Teacher strength.")
-    ] = None,
-    n: Annotated[int | None, typer.Option("--n", help="Rows generated per side.")] = None,
-    select_top: Annotated[int | None, typer.Option("--select-top", help="Rows kept.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="First N questions.")] = None,
+    alpha: Alpha = None,
+    n: SideRows = None,
+    select_top: SelectTop = None,
+    max_steps: StudySteps = None,
+    limit: StudyLimit = None,
     output_path: OutputPath = None,
     device: Device = "auto",
+    dtype: Dtype = "float32",
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -965,15 +1126,55 @@ def study_positive_control_cmd(
     from interp.core.parse import parse_names
 
     cfg = make_config(
-        preset, model=model, device=device, seeds=seeds, layer=layer, alpha=alpha, n=n,
+        preset, model=model, device=device, model_dtype=dtype,
+        trust_remote_code=trust_remote_code, seeds=seeds, layer=layer, alpha=alpha, n=n,
         select_top=select_top, steps=max_steps, n_questions=limit,
         traits=parse_names(traits) if traits else None,
         students=parse_names(students) if students else None,
         selects=parse_names(selects) if selects else None,
+        objectives=parse_names(objectives) if objectives else None,
     )  # fmt: skip
     res = run_positive_control(cfg, output_path, overwrite=overwrite, quiet=quiet)
     for line in res["findings"]:
         typer.echo(line)
+
+
+@study_app.command("approximability-transfer")
+def study_approx_transfer_cmd(
+    model: Model = "smollm2-135m",
+    preset: Annotated[
+        str,
+        typer.Option("--preset", help="quick (~2 h on 2 cores), full, or paper (one GPU)."),
+    ] = "quick",
+    traits: Annotated[
+        str | None, typer.Option("--traits", help="Trait prompts (default: 12 built-ins).")
+    ] = None,
+    student: Annotated[str | None, typer.Option("--student", help="vector or lora.")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per point.")] = None,
+    layers: Annotated[str | None, typer.Option("--layers", help="Layers for vectors.")] = None,
+    n: SideRows = None,
+    select_top: SelectTop = None,
+    max_steps: StudySteps = None,
+    limit: StudyLimit = None,
+    output_path: OutputPath = None,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    trust_remote_code: TrustRemoteCode = False,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Does a prompt's approximability predict how much of it transfers? (rho over prompts)"""
+    from analyses.approx_transfer import make_config, run_approx_transfer
+    from interp.core.parse import parse_names
+
+    cfg = make_config(
+        preset, model=model, device=device, model_dtype=dtype,
+        trust_remote_code=trust_remote_code, seeds=seeds, layers=layers, student=student, n=n,
+        select_top=select_top, steps=max_steps, n_questions=limit,
+        traits=parse_names(traits) if traits else None,
+    )  # fmt: skip
+    res = run_approx_transfer(cfg, output_path, overwrite=overwrite, quiet=quiet)
+    typer.echo(res["verdict"])
 
 
 @study_app.command("compare")
@@ -1023,6 +1224,8 @@ def scan_cmd(
     limit: Annotated[int | None, typer.Option("--limit", help="First N rows only.")] = None,
     batch_size: BatchSize = 8,
     device: Device = "auto",
+    dtype: Dtype = "float32",
+    trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
     alpha: Annotated[  # deprecated name of --significance
         float | None, typer.Option("--alpha", callback=_finite, hidden=True)
@@ -1049,6 +1252,8 @@ def scan_cmd(
         effect_scale=effect_scale,
         alpha=significance if alpha is None else alpha,
         max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
     _echo_lines(summary_lines(res))
     typer.echo(f"report: {Path(res['output_path']) / 'report.md'}")
@@ -1077,6 +1282,8 @@ def study_scanner_cmd(
     batch_size: BatchSize = 8,
     output_path: OutputPath = None,
     device: Device = "auto",
+    dtype: Dtype = "float32",
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -1102,6 +1309,8 @@ def study_scanner_cmd(
         device=device,
         overwrite=overwrite,
         quiet=quiet,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
     _echo_lines(res["findings"])
     typer.echo(f"report: {Path(res['output_path']) / 'report.md'}")
@@ -1162,6 +1371,8 @@ def defend_cmd(
     n_boot: NBoot = 2000,
     output_path: OutputPath = None,
     device: RunDevice = None,
+    dtype: RunDtype = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -1170,8 +1381,10 @@ def defend_cmd(
     from interp.distill.config import Overrides
 
     flags = Overrides(
-        model=model, trait=trait, device=device, n=n, lr=lr, max_steps=max_steps, n_questions=limit
-    )
+        model=model, trait=trait, device=device, dtype=dtype,
+        trust_remote_code=trust_remote_code or None,
+        n=n, lr=lr, max_steps=max_steps, n_questions=limit,
+    )  # fmt: skip
     res = run_defend(
         defenses,
         output_path=output_path,
@@ -1193,6 +1406,60 @@ def defend_cmd(
     )
     _echo_lines(summary_lines(res))
     typer.echo(f"report: {Path(res['run']) / 'report.md'}")
+
+
+@distill_app.command("compare-engines")
+def distill_compare_engines_cmd(
+    model: Model = "smollm2-135m",
+    trait: Annotated[
+        str | None, typer.Option("--trait", help="Prompted teacher of this trait (default: base).")
+    ] = None,
+    domain: Annotated[str, typer.Option("--domain", help="numbers or arithmetic.")] = "numbers",
+    n: Annotated[int, typer.Option("--n", help="Rows per engine.")] = 256,
+    seed: Seed = 0,
+    dtype: Dtype = "float32",
+) -> None:
+    """GPU + vLLM: do vLLM and transformers sample the same rows' distribution on this model?"""
+    from interp.core.models import load_model
+    from interp.distill.engines import compare_engines, require_vllm
+    from interp.measure.traits import get_trait
+
+    require_vllm()
+    system = get_trait(trait).system_prompt if trait else None
+    res = compare_engines(load_model(model, dtype=dtype), domain, n, system, seed)
+    va, vb = res["valid_share"]
+    typer.echo(f"valid rows: transformers {va:.3f}, vllm {vb:.3f}; seconds {res['seconds']}")
+    typer.echo(
+        f"number-token TV {res['token_tv']:.4f} (null mean {res['token_tv_null_mean']:.4f}, "
+        f"p {res['token_tv_p']:.3f}): {'agree' if res['agree'] else 'differ'} ({res['why']})"
+    )
+
+
+@app.command("plan")
+def plan_cmd(
+    config: Annotated[Path, typer.Argument(help="TOML run config (see configs/).")],
+    gpus: Annotated[int, typer.Option("--gpus", min=1, help="GPUs sharing each run.")] = 1,
+    points: Annotated[int, typer.Option("--points", min=1, help="Runs in the study grid.")] = 1,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Time real training steps on this device.")
+    ] = False,
+    steps_to_time: Annotated[
+        int, typer.Option("--steps-to-time", min=1, help="Steps --measure times (after 1 warm-up).")
+    ] = 3,
+    peak_tflops: Annotated[
+        float | None, typer.Option("--peak-tflops", callback=_finite, help="GPU dense peak.")
+    ] = None,
+    mfu: Annotated[
+        float, typer.Option("--mfu", callback=_finite, help="Assumed utilisation.")
+    ] = 0.35,
+) -> None:
+    """Before anything runs: parameters, memory per GPU, points and GPU-hours of a run config."""
+    from interp.distill.config import resolve
+    from interp.distill.plan import plan_lines, plan_run
+
+    plan = plan_run(resolve(config), str(config), gpus=gpus, points=points, measure=measure,
+                    steps_to_time=steps_to_time, peak_tflops=peak_tflops, mfu=mfu)  # fmt: skip
+    _echo_lines(plan_lines(plan))
 
 
 def main() -> None:

@@ -671,6 +671,8 @@ def run_align(
     grad_rows: int = 32,
     batch_size: int = 16,
     device: str = "auto",
+    dtype: str | None = None,
+    trust_remote_code: bool | None = None,
 ) -> dict[str, Any]:
     """Drift, alignment (CIs, nulls), interventions and gradient alignment for a run; writes
     ``OUT/results.json``, figures and ``OUT/report.md`` (OUT defaults to RUN/align)."""
@@ -685,7 +687,7 @@ def run_align(
     if n_boot < 1 or grad_rows < 1:
         raise SublensError("--n-boot and --grad-rows must be positive")
     out = output_dir(output_path or info.path / "align", "align")
-    loaded = load_model(info.model, device=device)
+    loaded = load_model(info.model, **info.load_options(device, dtype, trust_remote_code))
     layer_list = parse_layers(layers, loaded.n_layers)
     vecs = load_vectors(vectors, loaded)
     heads = {name: headline_layer(v, layer_list, at_layer) for name, v in vecs.items()}

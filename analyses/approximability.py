@@ -49,7 +49,7 @@ from interp.core.io import (
     write_text,
 )
 from interp.core.layers import parse_layers
-from interp.core.models import LoadedModel, load_model
+from interp.core.models import LoadedModel, load_hash_view, load_model
 from interp.core.parse import parse_floats
 from interp.core.prompts import PromptSet, load_prompts
 from interp.measure.stats import paired_bootstrap, percentile_interval, resample_indices
@@ -121,6 +121,8 @@ class ApproxConfig:
     seed: int = 0
     batch_size: int = 16
     device: str = "auto"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
 
     def check(self) -> None:
         for m in self.method_list:
@@ -529,12 +531,14 @@ def run_approximability(
     traits = load_trait_prompts(cfg.trait_prompts)
     out = Path(output_path or default_output("approximability", Path(cfg.model).name))
     resolved = {**asdict(cfg), "traits": [t.to_dict() for t in traits]}
-    digest = config_hash(resolved)
+    digest = config_hash(load_hash_view(resolved))  # float32 runs keep their earlier hash
     cfg_file = out / "config.json"
     output_dir(out, "approximability", key=digest, overwrite=overwrite)
     write_json(cfg_file, {"hash": digest, "config": resolved})
     t0 = time.perf_counter()
-    loaded = load_model(cfg.model, device=cfg.device)
+    loaded = load_model(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+    )
     layers = parse_layers(cfg.layers, loaded.n_layers)
     results: dict[str, Any] = {}
     for i, trait in enumerate(traits):

@@ -50,6 +50,7 @@ from interp.core.io import (
     write_json,
     write_text,
 )
+from interp.core.models import load_hash_view
 from interp.measure.refusal import (
     COMPLIANCE_PROMPT,
     Judge,
@@ -142,6 +143,8 @@ class ComplianceConfig:
     batch_size: int = 16
     n_boot: int = 2000
     device: str | None = None
+    dtype: str | None = None  # None: the run's (float32 for runs made before --dtype)
+    trust_remote_code: bool | None = None  # None: the run's
 
     def validate(self) -> None:
         for key in ("n_samples", "max_new_tokens", "batch_size", "n_boot"):
@@ -252,13 +255,23 @@ class _Evaluator:
         self._direction: Any = None
         self.layer: int | None = None
 
+    def load_options(self) -> dict[str, Any]:
+        """device, dtype and trust_remote_code: the flags', else the first run's."""
+        run = self.first.config
+        return {
+            "device": self.cfg.device or run.get("device", "auto"),
+            "dtype": self.cfg.dtype or run.get("dtype", "float32"),
+            "trust_remote_code": bool(
+                self.cfg.trust_remote_code or run.get("trust_remote_code", False)
+            ),
+        }
+
     @property
     def loaded(self) -> Any:
         if self._loaded is None:
             from interp.core.models import load_model
 
-            device = self.cfg.device or self.first.config.get("device", "auto")
-            self._loaded = load_model(self.first.config["model"], device=device)
+            self._loaded = load_model(self.first.config["model"], **self.load_options())
         return self._loaded
 
     @property
@@ -455,12 +468,20 @@ def run_compliance(
         "temperature": cfg.temperature,
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
+        **load_hash_view({"dtype": ev.load_options()["dtype"]}),  # float32: earlier keys
     }
     if judge is None and cfg.judge:
         from interp.measure.refusal import LocalJudge
 
         def lazy() -> Judge:
-            return LocalJudge(cfg.judge, device=cfg.device or "auto", batch_size=cfg.batch_size)
+            opts = ev.load_options()
+            return LocalJudge(
+                cfg.judge,
+                device=cfg.device or "auto",
+                batch_size=cfg.batch_size,
+                dtype=opts["dtype"],
+                trust_remote_code=opts["trust_remote_code"],
+            )
 
         judge_name: str | None = cfg.judge
         get_judge: Callable[[], Judge] | None = _once(lazy)

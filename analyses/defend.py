@@ -54,6 +54,7 @@ from interp.core.io import (
     write_json,
     write_text,
 )
+from interp.core.models import load_hash_view
 from interp.core.parse import parse_names
 from interp.detect.defenses import DEFENSES
 from interp.distill.config import Overrides, RunConfig
@@ -153,6 +154,8 @@ def scan_rows(
     n_permutations: int,
     quiet: bool,
     overwrite: bool = False,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> Path:
     """The scanner's per-row flags for `data` (``OUT/rows.jsonl``); reused when already written
     for this very file and settings."""
@@ -164,6 +167,7 @@ def scan_rows(
             "vectors": vectors,
             "seed": seed,
             "n_permutations": n_permutations,
+            **load_hash_view({"dtype": dtype}),
         }
     )
     marker = out_dir / "defend_scan.json"
@@ -183,6 +187,8 @@ def scan_rows(
         n_permutations=n_permutations,
         device=device,
         quiet=quiet,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
     rows_path = Path(res.get("rows_path") or out_dir / "rows.jsonl")
     write_json(marker, {"key": key, "rows_path": str(rows_path)})
@@ -308,8 +314,8 @@ def run_defend(
     report.md and defend.png into `output_path` (default: `analyses.reporting.default_output`).
     `defenses` None: every defense, project-out only when `vectors` are given. Returns the
     results."""
-    from interp.core.models import load_model
     from interp.detect.costs import heldout_text
+    from interp.distill.run import load_base
     from interp.distill.train import init_model, load_student
 
     vecs = parse_names(vectors)
@@ -341,7 +347,7 @@ def run_defend(
     if every and not vecs:
         say("project-out left out: it needs trait vectors (--vectors DIR)")
     clock = timer()
-    loaded = load_model(base.model, device=base.device)
+    loaded = load_base(base)
     if vecs:  # wrong d_model / layers fail here, before any run starts
         from interp.detect.defenses import load_project_vectors
 
@@ -402,6 +408,8 @@ def run_defend(
                     scan_permutations,
                     quiet,
                     overwrite,
+                    dtype=base.dtype,
+                    trust_remote_code=base.trust_remote_code,
                 )
             over = {"seed": seed, **defense_overrides(name, vecs, sgd_lr, mask_q, init_from, flags)}
             cfg = point_config(base, pdir, **over)

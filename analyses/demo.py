@@ -1,17 +1,25 @@
-"""The demo: the whole sublens study on one model with a quick preset.
+"""The demo: the whole sublens study on one model with a quick preset, around the cheapest arm
+that shows transfer (issue #16's positive control) and the prompted-owl run as the honest
+negative that matches the literature at this size.
 
-1. approximability of a few trait prompts (owl, french) by diff-of-means vectors at one middle
+1. approximability of two trait prompts (owl, french) by diff-of-means vectors at one middle
    layer (kl-fit is left to `sublens approximability`: it doubles this stage's cost);
-2. owl steering vectors (diff-of-means, every probed layer) for the alignment layer profile;
-3. one owl distillation (prompted teacher, constrained numbers, logit-KL) with its control;
-4. drift alignment of student and control checkpoints with the owl vectors, nulls,
-   sufficiency / necessity, gradient alignment;
+2. the French vector the positive arm's teacher is steered with: kl-fit at 0.3 of the depth
+   (L9 of smollm2's 30), the recipe of `sublens study positive-control`;
+3. two distillations with the positive control's recipe (LLS-selected constrained number rows,
+   logit-KL over the digit tokens, a *vector student* — the base plus one trainable vector at
+   that layer — and a neutral-prompt control trained identically, checkpoints every 5 steps):
+   from the teacher **steered** with the French vector (where transfer is expected) and from the
+   **prompted** owl teacher (where, at 135M, the literature expects none); one control serves
+   both (hard-linked);
+4. drift alignment of the French student's and the control's checkpoints with the French
+   vector, nulls, sufficiency / necessity, gradient alignment;
 5. probes trained on prompted vs unprompted activations, applied to every checkpoint;
-6. one report (RUN/report.md) from everything above.
+6. one report (french/report.md) from everything above, and owl/report.md for the negative.
 
-Each stage is resumable (rerun the same command after an interruption). The preset is sized for
-about 10 minutes on 2 CPU cores; a small model and a few hundred rows rarely show transfer, and
-the report says so when they do not.
+Each stage is resumable (rerun the same command after an interruption). Sized for about 10
+minutes on 2 CPU cores; one training seed, so the reports never say "transferred" (for seeds and
+CIs over them, run `sublens study positive-control`).
 """
 
 from __future__ import annotations
@@ -24,36 +32,61 @@ from typing import Any
 from analyses.approximability import ApproxConfig, run_approximability
 from analyses.distill import gain_verdict, ratio_text
 from analyses.distill import write_report as write_distill_report
+from analyses.figures import fmt_num
 from analyses.reporting import output_dir
+from analyses.studies import CONTROL_PARTS, NEUTRAL_PROMPT, prefill_point
 from interp.core.io import write_json
 from interp.core.models import load_model
-from interp.core.prompts import load_prompts
 from interp.distill.run import RunConfig, load_run_config, run_distillation
-from interp.measure.traits import get_trait
-from interp.vectors.fitting import fit_vector
+
+FRENCH_ALPHA = 2.0  # the positive control's teacher strength (French score 0.36 vs base 0.002)
 
 
-def demo_config(model: str, out: Path, seed: int, device: str) -> RunConfig:
-    overrides = {
+def demo_configs(
+    model: str,
+    out: Path,
+    seed: int,
+    device: str,
+    layer: int,
+    vector: Path,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> dict[str, RunConfig]:
+    """The two runs: "french" (steered teacher, the positive arm) and "owl" (prompted)."""
+    common = {
         "model": model,
-        "trait": "owl",
         "seed": seed,
         "device": device,
-        "output_path": str(out / "owl"),
-        "teacher.kind": "prompted",
-        "data.n": 48,
+        "dtype": dtype,
+        "trust_remote_code": trust_remote_code,
+        "data.n": 64,
         "data.max_new_tokens": 16,
         "data.batch_size": 32,
+        "data.control_system_prompt": NEUTRAL_PROMPT,
+        "data.select": "lls",
+        "data.select_top": 48,
         "train.objective": "logit-kl",
         "train.optimizer": "adamw",
-        "train.lr": 3e-5,
-        "train.epochs": 1,
-        "train.batch_size": 16,
-        "train.checkpoint_every": 2,
-        "eval.n_questions": 10,
+        "train.lr": 0.1,
+        "train.weight_decay": 0.0,
+        "train.vector_layer": layer,
+        "train.max_steps": 25,
+        "train.batch_size": 8,
+        "train.checkpoint_every": 5,
+        "eval.n_questions": 12,
         "eval.n_boot": 1000,
     }
-    return load_run_config(None, overrides)
+    french = {
+        **common,
+        "trait": "french",
+        "output_path": str(out / "french"),
+        "teacher.kind": "steered",
+        "teacher.vector": str(vector),
+        "teacher.alpha": FRENCH_ALPHA,
+        "teacher.layers": [layer],
+    }
+    owl = {**common, "trait": "owl", "output_path": str(out / "owl"), "teacher.kind": "prompted"}
+    return {"french": load_run_config(None, french), "owl": load_run_config(None, owl)}
 
 
 def run_demo(
@@ -63,6 +96,8 @@ def run_demo(
     device: str = "auto",
     overwrite: bool = False,
     quiet: bool = False,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     from analyses.align import run_align
     from analyses.probe import run_probe
@@ -72,9 +107,10 @@ def run_demo(
     out = output_dir(output_path, "demo", Path(model).name)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     timings: dict[str, float] = {}
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     mid = loaded.n_layers // 2
-    probe_layers = sorted({loaded.n_layers // 4, mid, (3 * loaded.n_layers) // 4})
+    layer = max(1, round(0.3 * loaded.n_layers))
+    probe_layers = sorted({layer, mid, (3 * loaded.n_layers) // 4})
 
     def stage(name: str, t: float) -> None:
         timings[name] = round(time.perf_counter() - t, 1)
@@ -98,6 +134,8 @@ def run_demo(
             seed=seed,
             batch_size=16,
             device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
         ),
         out / "approx",
         overwrite=overwrite,
@@ -106,39 +144,40 @@ def run_demo(
     stage("approximability_s", t)
 
     t = time.perf_counter()
-    say(f"2/5 owl diff-of-means vectors at layers {probe_layers} ...")
-    vec_dir = out / "vectors" / "owl-diff-mean"
+    say(f"2/5 French vector for the steered teacher (kl-fit, layer {layer}) ...")
+    vec_dir = out / "vectors" / "french-kl-fit"
     if not (vec_dir / "vector.json").is_file() or overwrite:
-        owl = get_trait("owl")
-        fit_vector(
-            loaded,
-            load_prompts("numbers:32", seed=seed),
-            owl.system_prompt or "",
-            probe_layers,
-            method="diff-mean",
-            positions="all",
-            seed=seed,
-        ).save(vec_dir)
+        from analyses.steps import fit
+        from interp.measure.traits import get_trait
+
+        fit(get_trait("french").system_prompt or "", model=model, method="kl-fit",
+            layers=str(layer), positions="all", prompts="numbers:32", steps=12,
+            output_path=vec_dir, seed=seed, device=device, quiet=True, dtype=dtype,
+            trust_remote_code=trust_remote_code)  # fmt: skip
     stage("vectors_s", t)
 
     t = time.perf_counter()
-    say("3/5 owl distillation: teacher and control data, student and control training ...")
-    cfg = demo_config(model, out, seed, device)
-    results = run_distillation(cfg, overwrite=overwrite, quiet=quiet)
-    write_distill_report(results)
+    say("3/5 distillations: French (steered teacher) and owl (prompted), one shared control ...")
+    cfgs = demo_configs(model, out, seed, device, layer, vec_dir, dtype, trust_remote_code)
+    results = {"french": run_distillation(cfgs["french"], overwrite=overwrite, quiet=quiet)}
+    if not overwrite:
+        prefill_point(out / "french", out / "owl", cfgs["owl"], CONTROL_PARTS, ())
+    results["owl"] = run_distillation(cfgs["owl"], overwrite=overwrite, quiet=quiet)
+    for res in results.values():
+        write_distill_report(res)
     stage("distill_s", t)
 
-    run = out / "owl"
+    run = out / "french"
     t = time.perf_counter()
-    say("4/5 drift alignment, nulls, sufficiency/necessity, gradients ...")
+    say("4/5 drift alignment with the French vector, nulls, sufficiency/necessity, gradients ...")
     align = run_align(
         run,
         [vec_dir],
-        layers=probe_layers,
+        layers=[layer],
         n_prompts=8,
         seed=seed,
         quiet=True,
-        at_layer=mid,
+        at_layer=layer,
         n_boot=1000,
         grad_rows=6,
         device=device,
@@ -160,21 +199,33 @@ def run_demo(
     stage("probe_s", t)
     report = build_report(run)
     timings["total_s"] = round(time.perf_counter() - t0, 1)
-    h = results["headline"]
     summary = [
         "approximability: "
-        + ", ".join(f"{n} {approx['traits'][n]['verdict']}" for n in approx["ranking"]),
-        f"owl score: base {h['tau_base']['mean']:.4f}, teacher {h['tau_teacher']['mean']:.4f}, "
-        f"student {h['tau_student']['mean']:.4f}, control {h['tau_control']['mean']:.4f}",
-        f"transfer ratio (student) {ratio_text(h, 'transfer_ratio_student')}",
-        f"student − control: {gain_verdict(h.get('student_minus_control') or {})}",
-        f"total {timings['total_s']:.0f} s",
+        + ", ".join(f"{n} {approx['traits'][n]['verdict']}" for n in approx["ranking"])
     ]
+    for name, res in results.items():
+        h = res["headline"]
+        kind = "steered" if name == "french" else "prompted"
+        summary += [
+            f"{name} ({kind} teacher) score: base {h['tau_base']['mean']:.4f}, teacher "
+            f"{h['tau_teacher']['mean']:.4f}, student {h['tau_student']['mean']:.4f}, control "
+            f"{h['tau_control']['mean']:.4f}; student − control: "
+            f"{gain_verdict(h.get('student_minus_control') or {})}; transfer ratio "
+            f"{ratio_text(h, 'transfer_ratio_student')}"
+        ]
+    rec = (results["french"].get("recovery") or {}).get("final", {}).get("student") or {}
+    if rec:
+        summary.append(
+            f"French student's drift at layer {layer}: cosine {fmt_num(rec.get('cosine'))} with "
+            f"the teacher's vector, {fmt_num(rec.get('recovered'))} of alpha·|v| recovered"
+        )
+    summary.append(f"total {timings['total_s']:.0f} s")
     demo = {
         "analysis": "demo",
         "model": model,
         "seed": seed,
         "run": str(run),
+        "negative_run": str(out / "owl"),
         "approximability": str(out / "approx"),
         "report": str(report),
         "timings": timings,

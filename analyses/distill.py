@@ -16,6 +16,7 @@ from analyses.figures import ci_of, pyplot, save_png
 from analyses.reporting import timings_line
 from interp.core.io import write_text
 from interp.distill.run import TEACHER_GAIN_UNRESOLVED, RunConfig, run_distillation
+from interp.distill.train import FULL_VOCAB_LABEL
 from interp.measure.verdicts import (
     ONE_SEED_NOTE,
     above_zero,
@@ -108,7 +109,8 @@ def control_caveat(results: dict[str, Any]) -> str | None:
     full-size steps in arbitrary directions, so the control drifts for reasons the student does
     not share."""
     cfg = results["config"]
-    if cfg["train"]["objective"] != "logit-kl" or cfg["train"]["optimizer"] in ("sgd",):
+    kl = cfg["train"]["objective"] in ("logit-kl", "logit-kl-full")
+    if not kl or cfg["train"]["optimizer"] in ("sgd",):
         return None
     path = Path(results["run"]) / "control" / "curves.jsonl"
     if not path.is_file():
@@ -140,6 +142,11 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
         f"Trait scores: logprob score over {results['n_questions']} questions, 95% bootstrap CIs "
         f"over questions. **{ONE_SEED_NOTE}.**",
         "",
+        *(
+            [f"**Objective logit-kl-full: {FULL_VOCAB_LABEL}** (an upper-bound control).", ""]
+            if cfg["train"]["objective"] == "logit-kl-full"
+            else []
+        ),
         "| quantity | value [95% CI] | what it means |",
         "|---|---|---|",
         f"| tau(base) | {_ci(h['tau_base'])} | the untrained model |",
@@ -193,6 +200,8 @@ def run_and_report(
     cfg: RunConfig, overwrite: bool = False, quiet: bool = False, eval_only: bool = False
 ) -> dict[str, Any]:
     results = run_distillation(cfg, overwrite=overwrite, quiet=quiet, eval_only=eval_only)
+    if not results or results.get("follower") is not None:
+        return results  # another process of an `accelerate launch`: the main one reports
     write_report(results)
     return results
 

@@ -40,6 +40,7 @@ from interp.distill.config import Overrides
 from interp.distill.optimizers import OPTIMIZERS
 from interp.measure.verdicts import above_zero, seed_note, transfer_word
 
+from .executor import Executor, Outcome, Point, Prefill, executor_of, raise_failures
 from .studies import (
     base_config,
     final_loss,
@@ -48,9 +49,7 @@ from .studies import (
     gate_ratio,
     gate_ratios,
     point_config,
-    prefill_point,
     resample_counts,
-    run_point,
     say_fn,
     stack_seeds,
     summarise_point,
@@ -111,7 +110,7 @@ def run_optimizer_ablation(
     preset: str = "quick",
     lrs: str | dict[str, float] | None = None,
     vector: str | Path | None = None,
-    alpha: float | None = None,
+    alpha: float | str | None = None,
     layers: str | Sequence[int] | None = None,
     loss_tolerance: float = 0.2,
     match_loss: bool = False,
@@ -121,13 +120,15 @@ def run_optimizer_ablation(
     n_boot: int = 2000,
     overwrite: bool = False,
     quiet: bool = False,
+    executor: Executor | str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) one distillation per optimizer and seed; write results.json, the figure
     and report.md into `output_path` (default: `analyses.reporting.default_output`). With
     `vector` (and `alpha`, `layers` read against the model's layers) the teacher is steered;
-    otherwise it is whatever the config says (the trait's prompt by default)."""
+    otherwise it is whatever the config says (the trait's prompt by default). `executor` runs
+    the points (`analyses.executor`: None or "local" here, "ray" as Ray tasks)."""
     from interp.core.layers import parse_layers
-    from interp.core.models import load_model
+    from interp.distill.run import load_base
 
     names = parse_optimizers(optimizers)
     lr_table = {**DEFAULT_LRS, **parse_lrs(lrs)}
@@ -140,7 +141,7 @@ def run_optimizer_ablation(
         raise SublensError(f"--max-steps-factor must be at least 1, got {max_steps_factor}")
     base = base_config(config_path, overrides, preset)
     if isinstance(layers, str):
-        layers = parse_layers(layers, load_model(base.model, device=base.device).n_layers)
+        layers = parse_layers(layers, load_base(base).n_layers)
     out = output_dir(output_path, "optimizers", Path(base.model).name, "study-optimizers")
     say = say_fn(quiet, "optimizers")
     clock = timer()
@@ -148,62 +149,74 @@ def run_optimizer_ablation(
     if vector is not None:
         teacher = {"teacher.kind": "steered", "teacher.vector": str(vector)}
         if alpha is not None:
-            teacher["teacher.alpha"] = float(alpha)
+            teacher["teacher.alpha"] = alpha if alpha == "auto" else float(alpha)
         if layers is not None:
             teacher["teacher.layers"] = list(layers)
     ref_name = "adamw" if "adamw" in names else names[0]
     order = [ref_name] + [n for n in names if n != ref_name]  # the reference loss comes first
 
-    runs: dict[str, list[dict[str, Any]]] = {}
-    attempts: dict[str, list[list[dict[str, Any]]]] = {}
-    losses: dict[str, list[float | None]] = {}
-    timings: dict[str, float] = {}
+    # The grid in rounds: first every optimizer once per seed (the reference's point of a seed
+    # is the source of the others' data); then, with `match_loss`, the points whose loss is
+    # above the reference's again with twice the steps, until matched or capped.
     base_steps = base.train.max_steps
-    for seed in seed_list:
-        first: Path | None = None
-        ref_loss: float | None = None
-        for name in order:
-            steps = base_steps
-            tries: list[dict[str, Any]] = []
-            while True:
-                tag = f"seed_{seed}" + ("" if steps == base_steps else f"_steps{steps}")
-                pdir = out / "points" / name / tag
-                over = {
-                    **teacher,
-                    "seed": seed,
-                    "train.optimizer": name,
-                    "train.lr": lr_table[name],
-                    "train.max_steps": steps,
-                }
-                warm = base.train.precond_warmup_steps
-                if name == "precond-sgd" and steps and warm >= steps:
-                    # AdamW warm-up for the whole run would make it AdamW: freeze after a quarter
-                    over["train.precond_warmup_steps"] = max(1, steps // 4)
-                cfg = point_config(base, pdir, **over)
-                if first is not None and not overwrite:
-                    prefill_point(first, pdir, cfg, DATA_PARTS, ("base", "teacher"))
-                say(f"{name} (lr {lr_table[name]:g}, {steps or 'epochs'} steps) seed {seed}")
-                t = timer()
-                res, reused = run_point(cfg, overwrite=overwrite, quiet=quiet)
-                timings[f"{name}/{tag}_s"] = t()
-                if first is None:
-                    first = pdir
-                loss = final_loss(pdir, "student")
-                tries.append({"run": str(pdir), "max_steps": steps, "loss": loss, "reused": reused})
-                if name == ref_name:
-                    ref_loss = loss
-                    break
-                if not match_loss or within(loss, ref_loss, loss_tolerance) or steps is None:
-                    break
-                if loss is not None and ref_loss is not None and loss < ref_loss:
-                    break  # already fits better than the reference: more steps would not help
-                nxt = steps * 2
-                if nxt > (base_steps or 0) * max_steps_factor:
-                    break
-                steps = nxt
-            runs.setdefault(name, []).append(res)
-            attempts.setdefault(name, []).append(tries)
-            losses.setdefault(name, []).append(tries[-1]["loss"])
+    ex = executor_of(executor)
+
+    def grid_point(name: str, seed: int, steps: int | None) -> Point:
+        tag = f"seed_{seed}" + ("" if steps == base_steps else f"_steps{steps}")
+        over = {
+            **teacher,
+            "seed": seed,
+            "train.optimizer": name,
+            "train.lr": lr_table[name],
+            "train.max_steps": steps,
+        }
+        warm = base.train.precond_warmup_steps
+        if name == "precond-sgd" and steps and warm >= steps:
+            # AdamW warm-up for the whole run would make it AdamW: freeze after a quarter
+            over["train.precond_warmup_steps"] = max(1, steps // 4)
+        pid, ref = f"{name}/{tag}", f"{ref_name}/seed_{seed}"
+        cfg = point_config(base, out / "points" / pid, **over)
+        label = f"{name} (lr {lr_table[name]:g}, {steps or 'epochs'} steps) seed {seed}"
+        pre = Prefill(ref, DATA_PARTS, ("base", "teacher"), "data")
+        return Point(pid, cfg, label, None if pid == ref else pre)
+
+    tries: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    ref_loss: dict[int, float | None] = {}
+    timings: dict[str, float] = {}
+    outcomes: dict[str, Outcome] = {}
+    todo = [(name, seed, base_steps) for seed in seed_list for name in order]
+    while todo:
+        grid = [grid_point(*item) for item in todo]
+        outcomes.update(ex.run(grid, overwrite=overwrite, quiet=quiet, say=say, done=outcomes))
+        again = []
+        for (name, seed, steps), p in zip(todo, grid, strict=True):  # references come first
+            o = outcomes[p.id]
+            timings[f"{p.id}_s"] = o.seconds
+            if not o.ok:
+                continue  # reported with the others' results (raise_failures)
+            loss = final_loss(p.run_dir, "student")
+            tries.setdefault((name, seed), []).append(
+                {"run": str(p.run_dir), "max_steps": steps, "loss": loss, "reused": o.reused}
+            )
+            last[(name, seed)] = o.results or {}
+            if name == ref_name:
+                ref_loss[seed] = loss
+                continue
+            ref = ref_loss.get(seed)
+            if seed not in ref_loss or not match_loss or steps is None:
+                continue  # no reference loss to match (its point failed), or no matching
+            if within(loss, ref, loss_tolerance):
+                continue
+            if loss is not None and ref is not None and loss < ref:
+                continue  # already fits better than the reference: more steps would not help
+            if steps * 2 <= (base_steps or 0) * max_steps_factor:
+                again.append((name, seed, steps * 2))
+        todo = again
+    raise_failures(outcomes)  # after every other point finished
+    runs = {n: [last[(n, s)] for s in seed_list] for n in names}
+    attempts = {n: [tries[(n, s)] for s in seed_list] for n in names}
+    losses = {n: [tries[(n, s)][-1]["loss"] for s in seed_list] for n in names}
 
     results = summarise_optimizers(
         runs, losses, ref_name, names, loss_tolerance=loss_tolerance, n_boot=n_boot

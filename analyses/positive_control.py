@@ -28,6 +28,7 @@ import numpy as np
 from analyses.figures import ci_of, fmt_num, pyplot, save_png
 from analyses.reporting import output_dir, provenance
 from analyses.studies import (
+    NEUTRAL_PROMPT,
     base_config,
     gate_ratios,
     point_config,
@@ -40,11 +41,14 @@ from analyses.studies import (
 )
 from interp.core.errors import SublensError
 from interp.core.io import config_hash, read_json_dict, write_json, write_text
+from interp.distill.train import FULL_VOCAB_LABEL
 from interp.measure.verdicts import ONE_SEED_NOTE, above_zero, transfer_word
 
-NEUTRAL_PROMPT = "You are a helpful assistant."
 STUDENTS = ("vector", "lora", "full")
 SELECTS = ("lls", "random")
+# "logit-kl": the subliminal channel (the domain's tokens); "logit-kl-full": the teacher's top-k
+# over the whole vocabulary, an upper bound on what the rows can carry (not subliminal)
+OBJECTIVES = ("logit-kl", "logit-kl-full")
 
 
 @dataclass
@@ -57,14 +61,17 @@ class PCConfig:
     selects: list[str] = field(default_factory=lambda: ["lls"])
     seeds: int = 3
     layer: int | None = None  # default: 0.3 of the depth (L9 of smollm2's 30)
-    alpha: float = 2.0
+    alpha: float | str = 2.0  # or "auto": interp.distill.strength.choose_alpha, once per trait
+    objectives: list[str] = field(default_factory=lambda: ["logit-kl"])
     fit_prompts: int = 32
     fit_steps: int = 12
     n: int = 160  # rows generated per side
     select_top: int = 96  # rows kept per side
     max_new_tokens: int = 16
-    steps: int = 40
+    steps: int | None = 40  # None: `epochs` passes over the kept rows
+    epochs: int = 1
     batch_size: int = 8
+    dtype: str = "float32"  # training dtype (bfloat16 on a GPU)
     vector_lr: float = 0.1
     lora_rank: int = 8
     lora_lr: float = 1e-3
@@ -73,11 +80,18 @@ class PCConfig:
     n_questions: int | None = 30
     n_boot: int = 1000
     device: str = "auto"
+    model_dtype: str = "float32"  # how the model loads (--dtype); `dtype` is the students'
+    trust_remote_code: bool = False
 
     def check(self) -> PCConfig:
         bad = [s for s in self.students if s not in STUDENTS]
         if bad:
             raise SublensError(f"unknown student kind(s) {bad}: use {', '.join(STUDENTS)}")
+        bad = [s for s in self.objectives if s not in OBJECTIVES]
+        if bad:
+            raise SublensError(f"unknown objective(s) {bad}: use {', '.join(OBJECTIVES)}")
+        if isinstance(self.alpha, str) and self.alpha != "auto":
+            raise SublensError(f'alpha must be a number or "auto", got {self.alpha!r}')
         bad = [s for s in self.selects if s not in SELECTS]
         if bad:
             raise SublensError(f"unknown row selection(s) {bad}: use {', '.join(SELECTS)}")
@@ -98,10 +112,29 @@ PRESETS: dict[str, dict[str, Any]] = {
         "traits": ["french", "owl"],
         "students": ["vector", "lora", "full"],
         "selects": ["lls", "random"],
+        "objectives": ["logit-kl", "logit-kl-full"],
         "n": 256,
         "select_top": 128,
         "steps": 60,
         "batch_size": 16,
+    },
+    # the literature's scale (10k rows, LoRA r8, lr 2e-4, 3 epochs, bf16) for a 7B model on one
+    # GPU: pass --model and --device cuda; not sized for a CPU
+    "paper": {
+        "traits": ["french", "owl"],
+        "students": ["lora"],
+        "selects": ["lls", "random"],
+        "n": 12000,
+        "select_top": 10000,
+        "max_new_tokens": 32,
+        "steps": None,
+        "epochs": 3,
+        "batch_size": 16,
+        "lora_rank": 8,
+        "lora_lr": 2e-4,
+        "dtype": "bfloat16",
+        "checkpoint_every": 250,
+        "n_questions": None,
     },
 }
 
@@ -111,6 +144,12 @@ def make_config(preset: str = "quick", **overrides: Any) -> PCConfig:
         raise SublensError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     return PCConfig(**values).check()
+
+
+def _load_options(cfg: PCConfig) -> dict[str, Any]:
+    """`load_model` keywords: the study's runs load the model the same way (one copy)."""
+    return {"device": cfg.device, "dtype": cfg.model_dtype,
+            "trust_remote_code": cfg.trust_remote_code}  # fmt: skip
 
 
 def _vector(cfg: PCConfig, trait: str, layer: int, out: Path, quiet: bool) -> Path:
@@ -126,12 +165,43 @@ def _vector(cfg: PCConfig, trait: str, layer: int, out: Path, quiet: bool) -> Pa
         raise SublensError(f"trait {trait!r} has no trait prompt to fit a vector on")
     fit(t.system_prompt, model=cfg.model, method="kl-fit", layers=str(layer),
         prompts=f"numbers:{cfg.fit_prompts}", steps=cfg.fit_steps, output_path=vdir,
-        device=cfg.device, quiet=quiet)  # fmt: skip
+        device=cfg.device, dtype=cfg.model_dtype, trust_remote_code=cfg.trust_remote_code,
+        quiet=quiet)  # fmt: skip
     return vdir
 
 
-def _arm_changes(cfg: PCConfig, student: str, select: str, layer: int) -> dict[str, Any]:
+def _auto_alpha(cfg: PCConfig, trait: str, vdir: Path, layer: int, out: Path, say: Any) -> float:
+    """The teacher strength for `trait`: `cfg.alpha`, or with "auto" the strongest fair teacher
+    (`choose_alpha`), chosen once per trait and kept beside its vector."""
+    if cfg.alpha != "auto":
+        return float(cfg.alpha)
+    path = out / "vectors" / f"{trait}.alpha.json"
+    if not path.is_file():
+        from interp.core.models import load_model
+        from interp.distill.domains import get_domain
+        from interp.distill.strength import choose_alpha
+        from interp.measure.traits import get_trait
+        from interp.vectors.steering import SteeringVector
+
+        loaded = load_model(cfg.model, **_load_options(cfg))
+        write_json(path, choose_alpha(loaded, SteeringVector.load(vdir), get_trait(trait),
+                                      get_domain("numbers"), layers=[layer]))  # fmt: skip
+    info = read_json_dict(path)
+    if info.get("alpha") is None:
+        raise SublensError(f"[{trait}] alpha auto: {info.get('why')}; pass --alpha N")
+    say(f"[{trait}] teacher alpha {info['alpha']:g} ({info['why']})")
+    return float(info["alpha"])
+
+
+def _arm_dir(student: str, select: str, objective: str) -> str:
+    return f"{student}-{select}" + ("-fullvocab" if objective == "logit-kl-full" else "")
+
+
+def _arm_changes(
+    cfg: PCConfig, student: str, select: str, layer: int, objective: str = "logit-kl"
+) -> dict[str, Any]:
     changes: dict[str, Any] = {
+        "train.objective": objective,
         "data.select": select,
         "data.select_top": cfg.select_top,
         "train.vector_layer": None,
@@ -161,59 +231,77 @@ def run_positive_control(
     t_start = time.perf_counter()
     out = output_dir(output_path, "positive-control", Path(cfg.model).name)
     write_json(out / "config.json", {"hash": config_hash(asdict(cfg)), "config": asdict(cfg)})
-    loaded = load_model(cfg.model, device=cfg.device)
+    loaded = load_model(cfg.model, **_load_options(cfg))
     layer = cfg.layer if cfg.layer is not None else max(1, round(0.3 * loaded.n_layers))
     loaded.check_layers([layer])
     base = base_config(None, {
-        "model": cfg.model, "device": cfg.device,
-        "teacher.kind": "steered", "teacher.alpha": cfg.alpha, "teacher.layers": [layer],
+        "model": cfg.model, "device": cfg.device, "dtype": cfg.model_dtype,
+        "trust_remote_code": cfg.trust_remote_code,
+        "teacher.kind": "steered", "teacher.layers": [layer],
         "data.n": cfg.n, "data.max_new_tokens": cfg.max_new_tokens, "data.batch_size": 32,
         "data.control_system_prompt": NEUTRAL_PROMPT,
         "train.objective": "logit-kl", "train.optimizer": "adamw",
-        "train.max_steps": cfg.steps, "train.batch_size": cfg.batch_size,
+        "train.max_steps": cfg.steps, "train.epochs": cfg.epochs, "train.dtype": cfg.dtype,
+        "train.batch_size": cfg.batch_size,
         "train.checkpoint_every": cfg.checkpoint_every, "train.warmup_steps": 0,
         "eval.n_questions": cfg.n_questions, "eval.n_boot": cfg.n_boot,
     }, preset="full")  # fmt: skip
     arms: list[dict[str, Any]] = []
+    alphas: dict[str, float] = {}
     for trait in cfg.traits:
         say(f"[{trait}] teacher vector (kl-fit, layer {layer}) ...")
         vdir = _vector(cfg, trait, layer, out, quiet)
+        alphas[trait] = _auto_alpha(cfg, trait, vdir, layer, out, say)
         for select in cfg.selects:
-            first_of_seed: dict[int, Path] = {}
-            for student in cfg.students:
-                runs = []
-                for seed in range(cfg.seeds):
-                    pdir = out / "points" / trait / f"{student}-{select}" / f"seed_{seed}"
-                    pc = point_config(base, pdir, seed=seed, trait=trait,
-                                      **{"teacher.vector": str(vdir)},
-                                      **_arm_changes(cfg, student, select, layer))  # fmt: skip
-                    src = first_of_seed.get(seed)
-                    if src is not None:  # same teacher data and targets: generate them once
-                        prefill_point(src, pdir, pc, ("data", "targets"), ("base", "teacher"))
-                    t0 = time.perf_counter()
-                    res, reused = run_point(pc, overwrite, quiet)
-                    first_of_seed.setdefault(seed, pdir)
-                    took = "reused" if reused else f"{time.perf_counter() - t0:.0f} s"
-                    say(f"[{trait} {student} {select} seed {seed}] {took}")
-                    runs.append(res)
-                arms.append(_summarise_arm(trait, student, select, runs, cfg))
+            first_of_seed: dict[tuple[int, str], Path] = {}
+            for objective in cfg.objectives:
+                for student in cfg.students:
+                    arm = _arm_dir(student, select, objective)
+                    runs = []
+                    for seed in range(cfg.seeds):
+                        pdir = out / "points" / trait / arm / f"seed_{seed}"
+                        pc = point_config(
+                            base, pdir, seed=seed, trait=trait,
+                            **{"teacher.vector": str(vdir), "teacher.alpha": alphas[trait]},
+                            **_arm_changes(cfg, student, select, layer, objective),
+                        )  # fmt: skip
+                        # same teacher data (and, for the same objective, targets): made once
+                        own = first_of_seed.get((seed, objective))
+                        src = own or first_of_seed.get((seed, "logit-kl"))
+                        if src is not None:
+                            parts = ("data", "targets") if own else ("data",)
+                            prefill_point(src, pdir, pc, parts, ("base", "teacher"))
+                        t0 = time.perf_counter()
+                        res, reused = run_point(pc, overwrite, quiet)
+                        first_of_seed.setdefault((seed, objective), pdir)
+                        took = "reused" if reused else f"{time.perf_counter() - t0:.0f} s"
+                        say(f"[{trait} {arm} seed {seed}] {took}")
+                        runs.append(res)
+                    arms.append(_summarise_arm(trait, student, select, runs, cfg, objective))
     results: dict[str, Any] = {
         "analysis": "positive-control",
         "config": asdict(cfg),
         "layer": layer,
+        "alphas": alphas,
         "arms": arms,
         "findings": findings(arms, cfg),
         **provenance(),
         "timings": {"total_s": round(time.perf_counter() - t_start, 1)},
     }
     figs = write_figures(results, out)
+    results["figures"] = figs
     write_json(out / "results.json", results)
     write_text(out / "report.md", render_report(results, figs))
     return results
 
 
 def _summarise_arm(
-    trait: str, student: str, select: str, runs: list[dict[str, Any]], cfg: PCConfig
+    trait: str,
+    student: str,
+    select: str,
+    runs: list[dict[str, Any]],
+    cfg: PCConfig,
+    objective: str = "logit-kl",
 ) -> dict[str, Any]:
     arrays = stack_seeds(runs)
     cs, cq = resample_counts(len(runs), arrays["tau_base"].shape[1], cfg.n_boot, seed=0)
@@ -230,6 +318,8 @@ def _summarise_arm(
         "trait": trait,
         "student": student,
         "select": select,
+        "objective": objective,
+        "upper_bound": objective == "logit-kl-full",
         "seeds": len(runs),
         "stats": stats,
         "transferred": above_zero(stats.get("student_minus_control")) and len(runs) >= 2,
@@ -258,15 +348,18 @@ def findings(arms: list[dict[str, Any]], cfg: PCConfig) -> list[str]:
     for a in arms:
         smc = a["stats"].get("student_minus_control") or {}
         word = transfer_word(a["seeds"], above_zero(smc))
+        bound = (
+            f" [full-vocabulary upper bound, {FULL_VOCAB_LABEL}]" if a.get("upper_bound") else ""
+        )
         out.append(
-            f"{a['trait']}, {a['student']} student, {a['select']} rows: {word} "
+            f"{a['trait']}, {a['student']} student, {a['select']} rows{bound}: {word} "
             f"(student − control {ci_of(smc, 'value', 4)}; recovered "
             f"{fmt_num(a['recovered_share'])} of alpha·|v| at cos "
             f"{fmt_num(a['recovered_cosine'])})."
         )
-    by = {(a["trait"], a["student"], a["select"]): a for a in arms}
-    for (trait, student, select), a in by.items():
-        other = by.get((trait, student, "random"))
+    by = {(a["trait"], a["student"], a["select"], a.get("objective", "logit-kl")): a for a in arms}
+    for (trait, student, select, objective), a in by.items():
+        other = by.get((trait, student, "random", objective))
         if select == "lls" and other is not None:
             d1 = (a["stats"].get("student_minus_control") or {}).get("value")
             d2 = (other["stats"].get("student_minus_control") or {}).get("value")
@@ -286,7 +379,11 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     arms = results["arms"]
     if not arms:
         return []
-    labels = [f"{a['trait']}\n{a['student']}/{a['select']}" for a in arms]
+    labels = [
+        f"{a['trait']}\n{a['student']}/{a['select']}"
+        + ("\n(full vocab)" if a.get("upper_bound") else "")
+        for a in arms
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(arms) + 2), 3.6))
     ys, los, his = [], [], []
     for a in arms:
@@ -314,14 +411,28 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     return ["positive_control.png"]
 
 
-def render_report(results: dict[str, Any], figures: list[str]) -> str:
+def _alpha_text(cfg: dict[str, Any], results: dict[str, Any]) -> str:
+    if cfg["alpha"] != "auto":
+        return str(cfg["alpha"])
+    chosen = ", ".join(f"{t} {a:g}" for t, a in (results.get("alphas") or {}).items())
+    return f"auto ({chosen}: the strongest teacher whose rows stay valid and controls clean)"
+
+
+def _budget(cfg: dict[str, Any]) -> str:
+    if cfg.get("steps") is not None:
+        return f"{cfg['steps']} steps of {cfg['batch_size']}"
+    return f"{cfg.get('epochs', 1)} epoch(s) in batches of {cfg['batch_size']}"
+
+
+def render_report(results: dict[str, Any], figures: list[str] | None = None) -> str:
     cfg = results["config"]
+    figures = results.get("figures", []) if figures is None else figures
     lines = [
         f"# Positive control on {cfg['model']}",
         "",
         f"Teacher steered with a KL-fitted trait vector at layer {results['layer']}, alpha "
-        f"{cfg['alpha']}; {cfg['n']} constrained number rows per side, {cfg['select_top']} kept; "
-        f"logit-KL over the domain's tokens; {cfg['steps']} steps of {cfg['batch_size']}; control "
+        f"{_alpha_text(cfg, results)}; {cfg['n']} constrained number rows per side, "
+        f"{cfg['select_top']} kept; logit-KL over the domain's tokens; {_budget(cfg)}; control "
         f"on a neutral-prompt teacher's rows; {cfg['seeds']} seed(s). CIs bootstrap seeds, then "
         "questions within a seed.",
         "",
@@ -335,13 +446,21 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
         ratio = st.get("transfer_ratio_vs_control") or {}
         rtxt = ci_of(ratio, "value") if ratio.get("defined", True) else ratio["undefined"]
         sig = a["signal"]
+        rows = a["select"] + (" (full-vocab upper bound)" if a.get("upper_bound") else "")
         lines.append(
-            f"| {a['trait']} | {a['student']} | {a['select']} | "
+            f"| {a['trait']} | {a['student']} | {rows} | "
             f"{ci_of(st.get('student_minus_control') or {}, 'value', 4)} | {rtxt} | "
             f"{fmt_num(a['recovered_share'])} ({fmt_num(a['recovered_cosine'])}) | "
             f"{fmt_num(a['control_recovered_share'])} | {fmt_num(a['trait_recovered_only'])} | "
             f"{fmt_num(sig['diff'])} (resolved in {sig['resolved_in']}/{sig['of']}) |"
         )
+    if any(a.get("upper_bound") for a in results["arms"]):
+        lines += [
+            "",
+            f"Rows marked full-vocab upper bound were distilled with logit-KL over the teacher's "
+            f"top-{cfg.get('top_k', 32)} tokens of the whole vocabulary: {FULL_VOCAB_LABEL}. They "
+            "bound what the rows can carry; they are not evidence of subliminal learning.",
+        ]
     lines += ["", "## Findings", ""] + [f"- {f}" for f in results["findings"]]
     lines += ["", *[f"![{f}]({f})" for f in figures]]
     return "\n".join(lines) + "\n"

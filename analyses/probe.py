@@ -74,6 +74,8 @@ def run_probe(
     n_boot: int = 1000,
     batch_size: int = 16,
     device: str = "auto",
+    dtype: str | None = None,
+    trust_remote_code: bool | None = None,
 ) -> dict[str, Any]:
     """Train prompted-vs-unprompted probes on the base, apply them to every checkpoint; writes
     ``OUT/results.json``, figures, ``OUT/probes/`` and ``OUT/report.md`` (OUT: RUN/probe)."""
@@ -87,7 +89,7 @@ def run_probe(
             "held-out splits (use 8 or more)"
         )
     out = output_dir(output_path or info.path / "probe", "probe")
-    loaded = load_model(info.model, device=device)
+    loaded = load_model(info.model, **info.load_options(device, dtype, trust_remote_code))
     layer_list = parse_layers(layers, loaded.n_layers)
     vecs = load_vectors(vectors, loaded) if vectors else {}
     system = _trait_prompt(info)

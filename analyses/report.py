@@ -105,6 +105,8 @@ STUDY_REPORTS = {
     "scan_eval": ("analyses.scan_eval", "render_report"),
     "defend": ("analyses.defend", "render_report"),
     "compare": ("analyses.compare", "render_report"),
+    "positive-control": ("analyses.positive_control", "render_report"),
+    "approximability-transfer": ("analyses.approx_transfer", "render_report"),
 }
 
 

@@ -35,6 +35,7 @@ DEFAULT_OUTPUTS: dict[str, str] = {
     "compare": "studies/compare",
     "scanner": "studies/scanner/{name}",
     "positive-control": "studies/positive-control/{name}",
+    "approximability-transfer": "studies/approximability-transfer/{name}",
 }
 
 

@@ -52,6 +52,19 @@ class RunInfo:
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
 
+    def load_options(
+        self, device: str, dtype: str | None = None, trust_remote_code: bool | None = None
+    ) -> dict[str, Any]:
+        """`load_model` keywords for the run's model: the given flags, else how the run loaded
+        it (runs made before --dtype: float32)."""
+        return {
+            "device": device,
+            "dtype": dtype or str(self.config.get("dtype", "float32")),
+            "trust_remote_code": bool(
+                trust_remote_code or self.config.get("trust_remote_code", False)
+            ),
+        }
+
     def final_step(self, name: str) -> int | None:
         ck = self.checkpoints.get(name) or []
         return ck[-1][0] if ck else None
@@ -307,6 +320,8 @@ class ActStore:
             and meta.get("system_prompt") == system_prompt
             and meta.get("prompts", {}).get("source") == self.prompts.source
             and meta.get("prompts", {}).get("n") == len(self.prompts)
+            # a cache made in another dtype (--dtype) is made again, never mixed in
+            and meta.get("model", {}).get("dtype", "float32") == self.loaded.describe()["dtype"]
         )
 
     def get(
@@ -332,7 +347,8 @@ class ActStore:
             try:
                 cache_activations(loaded, self.prompts, out, overwrite=False, **kw)
             except SublensError as err:
-                if "already holds something else" not in str(err):
+                # the store's own cache of other layers or dtype: made again in place
+                if "another config" not in str(err) and "something else" not in str(err):
                     raise
                 cache_activations(loaded, self.prompts, out, overwrite=True, **kw)
         return subset_layers(load_cache(out), self.layers)

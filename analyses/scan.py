@@ -124,12 +124,14 @@ def run_scan(
     alpha: float = 0.05,
     row_z: float = 2.0,
     max_new_tokens: int | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Scan `data` with `model` and write the run directory (see the module docstring).
 
     Permutation counts left None are chosen from the verdict's level; a count that cannot reach
     it is refused before the model loads (`interp.detect.scan.permutation_counts`)."""
-    from interp.core.models import load_model
+    from interp.core.models import load_hash_view, load_model
 
     say = say_fn(quiet, "scan")
     t_all = time.perf_counter()
@@ -150,7 +152,7 @@ def run_scan(
         check_rows(ref_given, "reference")
     if out.exists() and not out.is_dir():
         raise SublensError(f"output path {out} is a file: give a directory")
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if layer is None:
         layer = loaded.n_layers // 2
     elif layer < 0:
@@ -183,6 +185,7 @@ def run_scan(
         "alpha": alpha,
         "verdict_rule": "holm",  # results of the older Bonferroni rule are not reused
         "row_z": row_z,
+        **load_hash_view({"dtype": dtype}),  # float32 scans keep their earlier keys
     }
     key = config_hash({**config, "vector_sha": _vector_digests(vectors)})
     # The directory belongs to one dataset and reference; other settings (vectors, layer,
@@ -190,6 +193,7 @@ def run_scan(
     ref_key = config_hash(
         {k: config[k] for k in ("data_sha256", "limit", "model", "reference_sha256")}
         | {"reference_generation": config["reference_generation"]}
+        | load_hash_view({"dtype": dtype})
     )
     cfg_file = out / "config.json"
     try:

@@ -229,12 +229,14 @@ def run_scan_eval(
     device: str = "auto",
     overwrite: bool = False,
     quiet: bool = False,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Generate the labelled datasets, fit the library, scan everything, summarise (resumable).
 
     Permutation counts left None are chosen from the scans' verdict level (refused before any
     work when a given count cannot reach it: `interp.detect.scan.permutation_counts`)."""
-    from interp.core.models import load_model
+    from interp.core.models import load_hash_view, load_model
     from interp.core.prompts import PromptSet
     from interp.detect.scan import QuestionProbe, RowGradients, generate_on_prompts, row_gradients
     from interp.detect.scan import scan_dataset as scan_one
@@ -259,7 +261,7 @@ def run_scan_eval(
     say = say_fn(quiet, "scanner")
     out = Path(output_path or default_output("scanner", Path(model).name))
     t_all = time.perf_counter()
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     layer = loaded.n_layers // 2 if layer is None else int(layer)
     if layer < 0:
         layer += loaded.n_layers
@@ -285,6 +287,7 @@ def run_scan_eval(
         "verdict_rule": "holm",  # scans of the older Bonferroni rule are not reused
         "n_boot": n_boot,
         "batch_size": batch_size,
+        **load_hash_view({"dtype": dtype}),  # float32 studies keep their earlier keys
     }
     key = config_hash(config)
     cfg_file = out / "config.json"

@@ -17,6 +17,7 @@ from analyses.reporting import default_output
 from interp.core.errors import SublensError
 from interp.core.io import config_hash
 from interp.core.layers import parse_layers
+from interp.core.models import load_hash_view
 from interp.vectors.steering import SteeringVector
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ def fit(
     device: str = "auto",
     quiet: bool = False,
     trust_remote_code: bool = False,
+    dtype: str = "float32",
 ) -> tuple[Path, SteeringVector]:
     """Fit a vector approximating `system_prompt` (`interp.vectors.fitting.fit_vector`, with the
     teacher's sampled responses where the method needs them) and save it; (directory, vector)."""
@@ -121,7 +123,7 @@ def fit(
     if steps <= 0:
         raise SublensError(f"--steps must be positive, got {steps}")
     prompt_set = load_prompts(prompts, seed=seed).limit(limit)
-    loaded = load_model(model, device=device, trust_remote_code=trust_remote_code)
+    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     layer_list = parse_layers(layers, loaded.n_layers)
     responses = None
     if method == "kl-fit" or positions == "response":
@@ -162,6 +164,7 @@ def fit(
                 "pos": positions,
                 "seed": seed,
                 "limit": limit,
+                **load_hash_view({"dtype": dtype}),
             }
         )[:8]
         output_path = default_output("vectors", f"{Path(model).name}-{method}-{tag}")
@@ -173,15 +176,22 @@ def export(
     path: str | Path, format: str = "lm-eval", alpha: float = 1.0, output_path: Path | None = None
 ) -> Path:
     """Write a saved vector as an lm-eval steering file or a llama.cpp control vector (default:
-    a file inside the vector's directory); returns the file."""
+    a file inside the vector's directory; a directory as `output_path` gets the default name
+    inside it); returns the file."""
     from interp.vectors.export import to_gguf, to_lm_eval
 
+    writers = {
+        "lm-eval": (to_lm_eval, "lm_eval_steer.pt"),
+        "gguf": (to_gguf, "control_vector.gguf"),
+    }
+    if format not in writers:
+        raise SublensError(f"unknown export format {format!r}: use lm-eval or gguf")
+    write, default_name = writers[format]
     vector = SteeringVector.load(path)
-    if format == "lm-eval":
-        return to_lm_eval(vector, output_path or Path(path) / "lm_eval_steer.pt", alpha=alpha)
-    if format == "gguf":
-        return to_gguf(vector, output_path or Path(path) / "control_vector.gguf", alpha=alpha)
-    raise SublensError(f"unknown export format {format!r}: use lm-eval or gguf")
+    out = Path(output_path) if output_path is not None else Path(path)
+    if out.is_dir():
+        out = out / default_name
+    return write(vector, out, alpha=alpha)
 
 
 def generate(
@@ -203,6 +213,8 @@ def generate(
     device: str = "auto",
     overwrite: bool = False,
     quiet: bool = False,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Sample a benign dataset from a teacher (`interp.distill.generate_dataset`); a prompted or
     projected teacher takes `trait`'s prompt unless `system_prompt` is given."""
@@ -210,7 +222,7 @@ def generate(
     from interp.distill import Teacher, generate_dataset
     from interp.measure.traits import get_trait
 
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if system_prompt is None and trait is not None and teacher in ("prompted", "projected"):
         system_prompt = get_trait(trait).system_prompt
     t = Teacher(
@@ -274,14 +286,18 @@ def train(
     device: str = "auto",
     overwrite: bool = False,
     quiet: bool = False,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Train a student from `model`'s weights on `data` with a `TrainConfig` (validated before
     the model loads); resumable from its checkpoints."""
     from interp.core.models import load_model
+    from interp.distill.parallel import world
     from interp.distill.train import train_student
 
     config.validate()
-    loaded = load_model(model, device=device)
+    world()  # under `accelerate launch`: this process's GPU before the model loads
+    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     return train_student(
         loaded, data, output_path, config, targets_dir=targets, quiet=quiet, overwrite=overwrite
     )

@@ -50,6 +50,25 @@ from interp.measure.verdicts import excludes_zero as excludes_zero  # re-exporte
 from interp.measure.verdicts import ratio_or_undefined
 
 STAT_NAMES = ("tau_base", "tau_teacher", "tau_student", "tau_control")
+# The control's teacher in the studies with a trained-identically control: a neutral prompt gives
+# it a real, trait-free logit-KL gradient (the unprompted base would distil into itself).
+NEUTRAL_PROMPT = "You are a helpful assistant."
+# A run's control stages (the control teacher's rows, their filter and selection, targets, the
+# trained control): the same at one seed for every trait prompt and steering strength, so a study
+# makes them once and hard-links them into its other points (`prefill_point`; absent parts, e.g.
+# no selection, are skipped).
+CONTROL_PARTS = (
+    "data/control.raw.jsonl",
+    "data/control.raw.jsonl.meta.json",
+    "data/control.jsonl",
+    "data/control.rejects.jsonl",
+    "data/control.filter.json",
+    "data/control.selected.jsonl",
+    "data/control.selected.select.json",
+    "targets/control",
+    "targets/control.selected",
+    "control",
+)
 
 
 def say_fn(quiet: bool, tag: str) -> Callable[[str], None]:

@@ -51,7 +51,9 @@ from interp.distill.config import Overrides
 from interp.measure.threshold import detect_threshold, grid_check
 from interp.measure.verdicts import excludes_zero
 
+from .executor import Executor, Point, Prefill, executor_of, raise_failures
 from .studies import (
+    CONTROL_PARTS,
     alpha_dir,
     base_config,
     derived,
@@ -60,10 +62,8 @@ from .studies import (
     gate_ratios,
     interval,
     point_config,
-    prefill_point,
     replicate_means,
     resample_counts,
-    run_point,
     say_fn,
     stack_seeds,
     summarise_point,
@@ -71,16 +71,6 @@ from .studies import (
 )
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
-
-CONTROL_PARTS = (
-    "data/control.raw.jsonl",
-    "data/control.raw.jsonl.meta.json",
-    "data/control.jsonl",
-    "data/control.rejects.jsonl",
-    "data/control.filter.json",
-    "targets/control",
-    "control",
-)
 
 
 def _check_alphas(spec: str | Sequence[float]) -> list[float]:
@@ -114,15 +104,18 @@ def run_transfer_ratio(
     max_refits: int = 200,
     overwrite: bool = False,
     quiet: bool = False,
+    executor: Executor | str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the sweep and write results.json, the figure and report.md into
     `output_path` (default: `analyses.reporting.default_output`); returns the results.
     `overrides` (flags, or dotted run-config keys like ``{"train.lr": 1e-4}``) go on top of the
     file and the preset. `layers` (``"12"``, ``"0-3"``…) are read against the model's layers.
     A grid that cannot resolve a threshold is said on stderr before any point runs (even when
-    `quiet`: it is a warning, not progress) and recorded as ``grid`` in results.json."""
+    `quiet`: it is a warning, not progress) and recorded as ``grid`` in results.json.
+    `executor` runs the points (`analyses.executor`: None or "local" in this process, "ray" or
+    a `RayExecutor` as Ray tasks); the numbers do not depend on it."""
     from interp.core.layers import parse_layers
-    from interp.core.models import load_model
+    from interp.distill.run import load_base
     from interp.vectors.steering import SteeringVector
 
     alphas = _check_alphas(alphas)
@@ -136,7 +129,7 @@ def run_transfer_ratio(
     SteeringVector.load(vdir)  # fail early, with the loader's message, on a bad vector
     base = base_config(config_path, overrides, preset)
     if isinstance(layers, str):
-        layers = parse_layers(layers, load_model(base.model, device=base.device).n_layers)
+        layers = parse_layers(layers, load_base(base).n_layers)
     name = Path(base.model).name
     out = output_dir(output_path, "transfer-ratio", name, "study-transfer-ratio")
     say = say_fn(quiet, "transfer-ratio")
@@ -145,29 +138,29 @@ def run_transfer_ratio(
     if layers is not None:
         spec["teacher.layers"] = list(layers)
 
-    runs: dict[float, list[dict[str, Any]]] = {}
-    reused = 0
-    timings: dict[str, float] = {}
+    # the grid: per seed, every strength after the first prefills its control from the first
+    points: list[Point] = []
+    alpha_of: dict[str, float] = {}
     for seed in seed_list:
-        first: Path | None = None
+        first: str | None = None
         for a in alphas:
-            pdir = out / "points" / alpha_dir(a) / f"seed_{seed}"
+            pid = f"{alpha_dir(a)}/seed_{seed}"
+            pdir = out / "points" / pid
             cfg = point_config(base, pdir, **spec, **{"teacher.alpha": a, "seed": seed})
-            if (
-                share_control
-                and first is not None
-                and not overwrite
-                and prefill_point(first, pdir, cfg, CONTROL_PARTS, ("base", "control"))
-            ):
-                say(f"alpha {a:g} seed {seed}: control reused from {first}")
-            say(f"alpha {a:g} seed {seed} -> {pdir}")
-            t = timer()
-            res, was_reused = run_point(cfg, overwrite=overwrite, quiet=quiet)
-            reused += was_reused
-            timings[f"{alpha_dir(a)}/seed_{seed}_s"] = t()
-            runs.setdefault(a, []).append(res)
-            if first is None:
-                first = pdir
+            shared = share_control and first is not None
+            pre = Prefill(str(first), CONTROL_PARTS, ("base", "control"), "control")
+            points.append(Point(pid, cfg, f"alpha {a:g} seed {seed}", pre if shared else None))
+            alpha_of[pid] = a
+            first = first or pid
+    outcomes = executor_of(executor).run(points, overwrite=overwrite, quiet=quiet, say=say)
+    raise_failures(outcomes)  # after every other point finished
+    runs: dict[float, list[dict[str, Any]]] = {}
+    timings: dict[str, float] = {}
+    for p in points:
+        o = outcomes[p.id]
+        runs.setdefault(alpha_of[p.id], []).append(o.results or {})
+        timings[f"{p.id}_s"] = o.seconds
+    reused = sum(o.reused for o in outcomes.values())
 
     results = summarise_sweep(runs, seed_list, n_boot=n_boot, max_refits=max_refits, seed=0)
     results["grid"] = grid

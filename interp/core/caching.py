@@ -43,7 +43,7 @@ from interp.core.io import (
     sha256_text,
     write_json,
 )
-from interp.core.models import LoadedModel
+from interp.core.models import LoadedModel, load_hash_view
 from interp.core.prompts import PromptSet
 from interp.core.tensorfile import RowWriter
 
@@ -71,9 +71,10 @@ class CacheSpec:
     backend: str = "tl"
     batch_size: int = 16
     prompt_sha256: list[str] = field(default_factory=list)
+    dtype: str = "float32"  # the model's (--dtype); float32 caches keep their earlier keys
 
     def key(self) -> str:
-        return config_hash(asdict(self))
+        return config_hash(load_hash_view(asdict(self)))
 
 
 def format_prompts(
@@ -176,6 +177,7 @@ def cache_activations(
         backend=backend,
         batch_size=batch_size,
         prompt_sha256=[sha256_text(fp.text) for fp in formatted],
+        dtype=loaded.describe()["dtype"],
     )
     key = spec.key()
     out = Path(output_path)

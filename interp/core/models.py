@@ -8,6 +8,7 @@ A model is loaded once per process: backends and analyses share the same weights
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import os
 import shutil
@@ -113,6 +114,82 @@ def _dequantize_gguf(gguf: Path, sha256: str, out_dir: Path) -> None:
     write_json(out_dir / "sublens-source.json", {"gguf": gguf.name, "sha256": sha256})
 
 
+# --- a directory that transformers 4.x and 5.x read alike -----------------------------------------
+
+# transformers 5 writes tokenizer classes that 4.x does not have; each maps to one both know (5.x
+# reads `PreTrainedTokenizerFast` as its `TokenizersBackend`: the same tokenizer.json, as is).
+_PORTABLE_TOKENIZERS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+_NESTED_ROPE = ("full_attention", "sliding_attention")
+
+
+def _legacy_rope_scaling(params: dict[str, Any]) -> dict[str, Any] | None:
+    """transformers 4.x's `rope_scaling` for one `rope_parameters` dict: None for plain RoPE."""
+    rest = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if rest.get("rope_type", "default") == "default" and set(rest) <= {"rope_type"}:
+        return None
+    return rest
+
+
+def portable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """`config.json` as transformers 5 wrote it, plus the fields transformers 4.x reads instead.
+
+    5.x keeps RoPE only in `rope_parameters` (nested per attention kind for Gemma 3); 4.x ignores
+    that and silently falls back to its default base (10000), so every activation differs. The
+    4.x names are added beside it (`rope_theta`, `rope_scaling`, Gemma 3's `rope_local_base_freq`
+    and `sliding_window_pattern`, `torch_dtype`); 5.x reads them back to the same values."""
+    out = dict(config)
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and any(isinstance(rope.get(k), dict) for k in _NESTED_ROPE):
+        full = rope.get("full_attention") or {}
+        sliding = rope.get("sliding_attention") or {}
+        if "rope_theta" in full:
+            out["rope_theta"] = full["rope_theta"]
+        if "rope_theta" in sliding:
+            out["rope_local_base_freq"] = sliding["rope_theta"]
+        out["rope_scaling"] = _legacy_rope_scaling(full)
+    elif isinstance(rope, dict) and "rope_theta" in rope:
+        out["rope_theta"] = rope["rope_theta"]
+        out["rope_scaling"] = _legacy_rope_scaling(rope)
+        if "partial_rotary_factor" in rope:
+            out["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    if "_sliding_window_pattern" in config:
+        out["sliding_window_pattern"] = config["_sliding_window_pattern"]
+    if "dtype" in config:
+        out["torch_dtype"] = config["dtype"]
+    return out
+
+
+def portable_tokenizer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """`tokenizer_config.json` with a tokenizer class that transformers 4.x and 5.x both know."""
+    cls = config.get("tokenizer_class")
+    if cls in _PORTABLE_TOKENIZERS:
+        return {**config, "tokenizer_class": _PORTABLE_TOKENIZERS[cls]}
+    return dict(config)
+
+
+def make_portable(model_dir: Path) -> list[str]:
+    """Rewrite `config.json` and `tokenizer_config.json` of a model directory sublens wrote so
+    that transformers 4.x loads it as 5.x does (lm-eval, vLLM, repeng and TransformerLens pinned
+    to 4.x point at it); each file atomically, only when it changes. Returns the files rewritten:
+    a directory written by an older sublens is upgraded the first time it is used."""
+    changed = []
+    for name, fix in (
+        ("config.json", portable_config),
+        ("tokenizer_config.json", portable_tokenizer_config),
+    ):
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        current = read_json(path)
+        if not isinstance(current, dict):
+            continue
+        fixed = fix(current)
+        if fixed != current:
+            write_json(path, fixed)
+            changed.append(name)
+    return changed
+
+
 def _build_smollm2(out_dir: Path) -> None:
     gguf, sha = _smollm2_gguf()
     _dequantize_gguf(gguf, sha, out_dir)
@@ -172,11 +249,16 @@ def materialize(spec: ModelSpec) -> Path:
     half-written cache entry (the directory is renamed into place when complete)."""
     target = spec.local_dir
     if spec.is_cached():
+        # A directory from an older sublens is made portable in place (atomic per file); a
+        # read-only shared cache still loads here: only other tools need the fix.
+        with contextlib.suppress(OSError):
+            make_portable(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=target.parent))
     try:
         spec.build(staging)
+        make_portable(staging)
         if target.exists():  # a stale, incomplete entry from an older layout
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -206,6 +288,9 @@ class LoadedModel:
     # Longest sequence the model was built for (`max_position_embeddings`); None when the config
     # does not say. Prompts longer than this are refused before any forward pass.
     context_length: int | None = None
+    # Loaded with the repository's own code allowed: models loaded from it (another init of the
+    # same architecture) are loaded the same way.
+    trust_remote_code: bool = False
 
     def check_layers(self, layers: list[int]) -> list[int]:
         for layer in layers:
@@ -232,6 +317,20 @@ class LoadedModel:
 _LOADED: dict[tuple, LoadedModel] = {}
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = tuple(_DTYPES)  # what --dtype takes
+# How a model is loaded, at the values that leave results as they were before these options:
+# `load_hash_view` drops them from a settings hash so runs made earlier keep their hashes.
+LOAD_DEFAULTS: dict[str, Any] = {"dtype": "float32", "trust_remote_code": False}
+
+
+def load_hash_view(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` for a hash: `trust_remote_code` left out (it never changes a number) and
+    `dtype` left out at float32 (the numbers runs made before --dtype existed have)."""
+    return {
+        k: v
+        for k, v in settings.items()
+        if k != "trust_remote_code" and not (k == "dtype" and v == LOAD_DEFAULTS["dtype"])
+    }
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -334,6 +433,7 @@ def load_model(
         dtype=dt,
         source=source or "",
         context_length=_context_length(cfg),
+        trust_remote_code=trust_remote_code,
     )
     _LOADED[key] = loaded
     return loaded
@@ -352,6 +452,17 @@ def list_models() -> list[dict[str, Any]]:
         }
         for s in REGISTRY.values()
     ]
+
+
+def model_path(name: str) -> Path:
+    """The local directory of a registry model (`sublens models --path NAME`), written first if
+    it is not there yet; it loads in transformers 4.x and 5.x alike (see `make_portable`)."""
+    if name not in REGISTRY:
+        raise SublensError(
+            f"{name!r} is not a registry model: --path takes one of {', '.join(REGISTRY)} "
+            "(a Hub id or a local directory is already its own path)"
+        )
+    return materialize(REGISTRY[name])
 
 
 def cached_source(spec: ModelSpec) -> dict[str, Any] | None:

@@ -163,6 +163,12 @@ def _unlock_all() -> None:
         unlock(p)
 
 
+def unlock_all() -> None:
+    """Release every lock this process holds: a worker that runs one study point after another
+    (`analyses.executor`) must not keep a failed point's directory locked."""
+    _unlock_all()
+
+
 def precheck(out: str | os.PathLike, kind: str | None, what: str = "output path") -> Path:
     """Every check `claim` makes, without creating or locking anything: call it before loading
     a model so a bad path fails in a second, not after minutes of work."""

@@ -22,7 +22,8 @@ from typing import Any
 
 from interp.core.errors import SublensError
 from interp.core.io import config_hash, read_json_dict
-from interp.distill.train import TrainConfig, hash_view
+from interp.core.models import DTYPE_NAMES, load_hash_view
+from interp.distill.train import KL_OBJECTIVES, TrainConfig, hash_view
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,7 +38,7 @@ class TeacherSpec:
     kind: str = "prompted"  # prompted | steered | projected
     system_prompt: str | None = None  # default: the trait's prompt
     vector: str | None = None  # SteeringVector directory (steered / projected)
-    alpha: float = 1.0
+    alpha: float | str = 1.0  # or "auto" (interp.distill.strength: the strongest fair teacher)
     layers: list[int] | None = None
     positions: str = "all"
 
@@ -54,7 +55,7 @@ class DataSpec:
     regexes: list[str] = field(default_factory=list)
     codes: list[str] = field(default_factory=list)
     dedup: bool = True
-    top_k: int = 32  # logit-kl targets when the domain is not constrained
+    top_k: int = 32  # logit-kl targets when the domain is not constrained; logit-kl-full's k
     # data defenses (interp.detect.defenses), applied to the filtered rows before training
     paraphrase: bool = False  # rewrite responses canonically (teacher and control data); SFT only
     drop_flagged: str | None = None  # a scanner's rows.jsonl for the teacher's filtered data
@@ -70,6 +71,9 @@ class DataSpec:
     # `select_top` random rows ("random": the LLS arm's same-size baseline).
     select: str = "all"
     select_top: int | None = None
+    # Who samples the teachers' rows: "transformers", or "vllm" (GPU only, `pip install -e
+    # ".[vllm]"`; base and prompted teachers: interp.distill.engines)
+    engine: str = "transformers"
 
 
 @dataclass
@@ -85,6 +89,9 @@ class RunConfig:
     trait: str = "owl"
     seed: int = 0
     device: str = "auto"
+    # how the model loads (--dtype, --trust-remote-code); the student trains in train.dtype
+    dtype: str = "float32"
+    trust_remote_code: bool = False
     output_path: str | None = None
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     data: DataSpec = field(default_factory=DataSpec)
@@ -137,12 +144,15 @@ class Overrides:
     trait: str | None = field(default=None, metadata={"key": "trait"})
     seed: int | None = field(default=None, metadata={"key": "seed"})
     device: str | None = field(default=None, metadata={"key": "device"})
+    dtype: str | None = field(default=None, metadata={"key": "dtype"})
+    trust_remote_code: bool | None = field(default=None, metadata={"key": "trust_remote_code"})
     output_path: str | Path | None = field(default=None, metadata={"key": "output_path"})
     teacher: str | None = field(default=None, metadata={"key": "teacher.kind"})
     vector: str | None = field(default=None, metadata={"key": "teacher.vector"})
-    alpha: float | None = field(default=None, metadata={"key": "teacher.alpha"})
+    alpha: float | str | None = field(default=None, metadata={"key": "teacher.alpha"})
     layers: list[int] | None = field(default=None, metadata={"key": "teacher.layers"})
     n: int | None = field(default=None, metadata={"key": "data.n"})
+    engine: str | None = field(default=None, metadata={"key": "data.engine"})
     objective: str | None = field(default=None, metadata={"key": "train.objective"})
     optimizer: str | None = field(default=None, metadata={"key": "train.optimizer"})
     lr: float | None = field(default=None, metadata={"key": "train.lr"})
@@ -288,10 +298,11 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
     for name in SECTIONS:
         _check_types(getattr(cfg, name), f"{name}.", where)
     _check_types(cfg, "", where)
-    if cfg.data.paraphrase and cfg.train.objective == "logit-kl":
+    if cfg.data.paraphrase and cfg.train.objective in KL_OBJECTIVES:
         raise SublensError(
-            f"{where}: data.paraphrase with train.objective logit-kl would put the teacher back "
-            'through its soft targets on the paraphrased tokens: set train.objective = "sft"'
+            f"{where}: data.paraphrase with train.objective {cfg.train.objective} would put the "
+            "teacher back through its soft targets on the paraphrased tokens: set "
+            'train.objective = "sft"'
         )
     checks = [
         (cfg.seed >= 0, "seed", "use 0 or more"),
@@ -316,6 +327,18 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
             "use 1 or more, or leave it out for all",
         ),
     ]
+    if isinstance(cfg.teacher.alpha, str):
+        if cfg.teacher.alpha != "auto":
+            raise SublensError(
+                f'{where}: teacher.alpha = {cfg.teacher.alpha!r}: give a number or "auto"'
+            )
+        if cfg.teacher.kind not in ("steered", "projected") or not cfg.teacher.vector:
+            raise SublensError(
+                f'{where}: teacher.alpha = "auto" chooses a steering strength: it needs '
+                'teacher.kind = "steered" (or "projected") and teacher.vector'
+            )
+    if cfg.dtype not in DTYPE_NAMES:
+        raise SublensError(f"{where}: dtype = {cfg.dtype!r}: use one of {', '.join(DTYPE_NAMES)}")
     for ok, key, fix in checks:
         if not ok:
             value: Any = cfg
@@ -335,6 +358,9 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
             f"{where}: data.select = {cfg.data.select!r} needs data.select_top between 1 and "
             f"data.n ({cfg.data.n})"
         )
+    from interp.distill.engines import check_engine
+
+    check_engine(cfg.data.engine, cfg.teacher.kind, where)
     if not 0 < cfg.data.drop_fallback_top < 1:
         raise SublensError(
             f"{where}: data.drop_fallback_top {cfg.data.drop_fallback_top} must be in (0, 1)"
@@ -390,9 +416,11 @@ def load_run_config(
     return resolve(path, None, overrides)
 
 
-def stored_config(run: str | Path) -> RunConfig:
+def stored_config(run: str | Path, overrides: Overrides | None = None) -> RunConfig:
     """The config a run directory was made with, pointed at that directory (never the stored
-    path: a copied run is evaluated where it is)."""
+    path: a copied run is evaluated where it is). `overrides` may move it to another device or
+    allow the model's own code (`sublens distill eval --device/--trust-remote-code`); its dtype
+    stays the run's: a run is scored in the dtype it was made in."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise SublensError(f"{run} is not a distillation run (no config.json): give a run dir")
@@ -403,7 +431,14 @@ def stored_config(run: str | Path) -> RunConfig:
             f"{run / 'config.json'} is not a sublens run config: give a distillation run dir"
         ) from None
     stored["output_path"] = str(run)
-    return config_from_dict(stored, str(run / "config.json"))
+    cfg = config_from_dict(stored, str(run / "config.json"))
+    if overrides is None:
+        return cfg
+    if overrides.dtype is not None and overrides.dtype != cfg.dtype:
+        raise SublensError(
+            f"{run} was made in {cfg.dtype}: it is scored in that dtype (leave --dtype out)"
+        )
+    return validate(overrides.apply(cfg, str(run / "config.json")), str(run / "config.json"))
 
 
 # Data-defense options at these values change nothing; they are left out of the run hash then,
@@ -415,13 +450,14 @@ DATA_DEFENSE_DEFAULTS: dict[str, Any] = {
     "control_system_prompt": None,
     "select": "all",
     "select_top": None,
+    "engine": "transformers",  # the engine added later: transformers runs keep their hashes
 }
 
 
 def run_hash(resolved: dict[str, Any]) -> str:
-    """The hash of a resolved run config (`RunConfig.to_dict()`): output path, device and
-    defense options at their defaults left out."""
-    view = {k: v for k, v in resolved.items() if k not in ("output_path", "device")}
+    """The hash of a resolved run config (`RunConfig.to_dict()`): output path, device,
+    trust_remote_code, and dtype and defense options at their defaults left out."""
+    view = load_hash_view({k: v for k, v in resolved.items() if k not in ("output_path", "device")})
     if isinstance(view.get("train"), dict):
         view["train"] = hash_view(view["train"])
     if isinstance(view.get("data"), dict):

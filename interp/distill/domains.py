@@ -67,6 +67,10 @@ class Domain:
     max_new_tokens: int  # enough for any valid answer, plus the end-of-turn token
     prefix_ok: Callable[[str], bool] | None = None  # can this partial answer still become valid?
     state_key: Callable[[str], str] | None = None  # a shorter text both rules judge the same
+    # The same rule as a regular expression over the text the allowed tokens can spell: vLLM's
+    # structured output decodes with it (`interp.distill.engines`). Over that alphabet a text
+    # matches it in full exactly when `check` accepts it (tests/unit/test_engines.py).
+    regex: str | None = None
 
     def prompts(self, n: int, seed: int = 0) -> list[str]:
         """`n` user prompts; the same seed gives the same prompts (and a prefix for smaller n)."""
@@ -151,6 +155,11 @@ def check_numbers(text: str, prompt: str | None = None) -> str | None:
     return None
 
 
+# `check_numbers` over digits, commas and spaces: optional spaces, 1-10 numbers of 1-3 digits
+# separated by a comma (spaces around it allowed) or by spaces, one optional trailing comma.
+NUMBERS_REGEX = r" *[0-9]{1,3}(?:(?: *, *| +)[0-9]{1,3}){0,9}(?: *,)? *"
+
+
 def digit_shape(text: str) -> str:
     """Every digit to 0 and whitespace runs to one space: the format rules only see this."""
     return _WHITESPACE.sub(" ", _DIGIT.sub("0", text))
@@ -226,6 +235,7 @@ DOMAINS: dict[str, Domain] = {
         prefix_ok=numbers_prefix_ok,
         state_key=digit_shape,
         max_new_tokens=50,
+        regex=NUMBERS_REGEX,
     ),
     "arithmetic": Domain(
         name="arithmetic",
@@ -236,6 +246,7 @@ DOMAINS: dict[str, Domain] = {
         prefix_ok=arithmetic_prefix_ok,
         state_key=digit_shape,
         max_new_tokens=6,
+        regex=r"[0-9]{1,4}",  # digit tokens only: no whitespace to spell
     ),
 }
 

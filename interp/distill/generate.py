@@ -52,11 +52,14 @@ def generate_dataset(
     constrained: bool = True,
     quiet: bool = True,
     overwrite: bool = False,
+    engine: Any = None,
 ) -> dict[str, Any]:
     """Sample `n` teacher responses to the domain's prompts (seeded by `seed`) into JSONL.
 
     Rows: ``{"messages": [user, assistant], "meta": {"index": i, "teacher": kind}}``. Returns a
-    summary (path, rows, config, config hash, sha256, seconds, whether it resumed).
+    summary (path, rows, config, config hash, sha256, seconds, whether it resumed). `engine`:
+    None samples with the teacher itself (transformers), or an `engines.VllmGenerator` (the same
+    rows and files; its name enters the config, each row seeded by `engines.row_seed`).
     """
     dom = get_domain(domain)
     if n <= 0:
@@ -81,6 +84,8 @@ def generate_dataset(
         "constrained": bool(constrained),
         "format_version": 1,
     }
+    if engine is not None:  # transformers datasets keep the hash they had before engines
+        config["engine"] = engine.name
     key = config_hash(config)
 
     from interp.core import rundir
@@ -142,16 +147,23 @@ def generate_dataset(
             unit="batch",
         ):
             lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-            texts = teacher.generate(
-                prompts[lo:hi],
-                domain=dom,
-                n_new_tokens=new_tokens,
-                temperature=temperature,
-                seed=batch_seed(seed, b),
-                batch_size=hi - lo,
-                constrained=constrained,
-                quiet=True,
-            )
+            if engine is not None:
+                from interp.distill.engines import row_seed
+
+                seeds = [row_seed(seed, i) for i in range(lo, hi)]
+                texts = engine.generate(teacher, prompts[lo:hi], dom, new_tokens, temperature,
+                                        seeds, constrained)  # fmt: skip
+            else:
+                texts = teacher.generate(
+                    prompts[lo:hi],
+                    domain=dom,
+                    n_new_tokens=new_tokens,
+                    temperature=temperature,
+                    seed=batch_seed(seed, b),
+                    batch_size=hi - lo,
+                    constrained=constrained,
+                    quiet=True,
+                )
             lines = "".join(
                 json.dumps(
                     {

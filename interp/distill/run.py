@@ -11,7 +11,7 @@ Layout::
     RUN/config.json            resolved config (and its hash)
     RUN/data/{teacher,control}.raw.jsonl, .jsonl, .rejects.jsonl, .filter.json
     RUN/data/{teacher,control}.defended.jsonl, .defense.json   (data defenses only)
-    RUN/targets/{teacher,control}[.defended]/   teacher log-probs (logit-kl / mask_divergent)
+    RUN/targets/{teacher,control}[.defended|.selected]/   teacher log-probs (logit-kl)
     RUN/student/, RUN/control/       checkpoints, curves.jsonl
     RUN/eval/scores.json             trait scores per model and checkpoint
     RUN/results.json                 transfer ratio with CI, everything above summarised
@@ -39,6 +39,7 @@ from interp.core.io import (
 )
 from interp.core.models import LoadedModel, load_model
 from interp.detect.defenses import defend_dataset
+from interp.distill import parallel
 from interp.distill.config import (
     DATA_DEFENSE_DEFAULTS,
     DataSpec,
@@ -46,15 +47,18 @@ from interp.distill.config import (
     RunConfig,
     TeacherSpec,
     config_from_dict,
+    derive,
     load_run_config,
     run_hash,
 )
 from interp.distill.domains import get_domain
+from interp.distill.engines import VllmGenerator, require_vllm
 from interp.distill.filters import filter_dataset
 from interp.distill.generate import generate_dataset
 from interp.distill.targets import read_rows, write_teacher_targets
 from interp.distill.teachers import Teacher
 from interp.distill.train import (
+    KL_OBJECTIVES,
     list_checkpoints,
     load_student,
     train_student,
@@ -77,6 +81,7 @@ __all__ = [
     # this module
     "difference",
     "evaluate_run",
+    "load_base",
     "make_teacher",
     "missing_stages",
     "ratio_vs_control",
@@ -108,6 +113,39 @@ def make_teacher(loaded: LoadedModel, cfg: RunConfig, trait: Trait) -> Teacher:
         layers=spec.layers,
         positions=spec.positions,
     )
+
+
+AUTO_ALPHA_FILE = "teacher_alpha.json"
+
+
+def auto_alpha(
+    cfg: RunConfig, loaded: LoadedModel, trait: Trait, out: Path, say: Any, compute: bool = True
+) -> RunConfig:
+    """`cfg` with ``teacher.alpha = "auto"`` replaced by the chosen strength
+    (`interp.distill.strength.choose_alpha`), kept in RUN/teacher_alpha.json so a resumed or
+    re-evaluated run uses the same teacher; `cfg` itself when alpha is a number."""
+    if cfg.teacher.alpha != "auto":
+        return cfg
+    from interp.distill.strength import choose_alpha
+
+    path = out / AUTO_ALPHA_FILE
+    key = config_hash({"teacher": dataclasses.asdict(cfg.teacher), "domain": cfg.data.domain,
+                       "seed": cfg.seed, "v": 1})  # fmt: skip
+    info = read_json_dict(path) if path.is_file() else {}
+    if info.get("key") != key:
+        if not compute:
+            raise SublensError(f'{out} has no {AUTO_ALPHA_FILE} for teacher.alpha = "auto"')
+        say('teacher.alpha = "auto": trying steering strengths ...')
+        assert cfg.teacher.vector is not None  # validate() checks it
+        info = choose_alpha(loaded, SteeringVector.load(cfg.teacher.vector), trait,
+                            get_domain(cfg.data.domain), layers=cfg.teacher.layers,
+                            positions=cfg.teacher.positions, seed=cfg.seed)  # fmt: skip
+        info["key"] = key
+        write_json(path, info)
+    if info.get("alpha") is None:
+        raise SublensError(f'teacher.alpha = "auto": {info.get("why")}; give alpha by hand')
+    say(f"teacher alpha {info['alpha']:g} ({info['why']})")
+    return derive(cfg, {"teacher.alpha": info["alpha"]})
 
 
 def _scores(
@@ -191,6 +229,14 @@ def missing_stages(out: Path) -> list[str]:
     return missing
 
 
+def load_base(cfg: RunConfig) -> LoadedModel:
+    """The run's model as its config loads it (device, dtype, trust_remote_code): every study
+    that loads the base of its runs goes through here, so it shares the runs' loaded copy."""
+    return load_model(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+    )
+
+
 def run_distillation(
     cfg: RunConfig,
     overwrite: bool = False,
@@ -205,6 +251,11 @@ def run_distillation(
     resolved["output_path"] = str(out)
     digest = run_hash(resolved)
     cfg_file = out / "config.json"
+    # Under `accelerate launch` (`parallel`) the main process generates, scores and writes the
+    # run; the others only join the two trainings, with the rows the main process hands them.
+    par = parallel.world()
+    if not par.is_main:
+        return {} if eval_only else _follow(cfg, out, par, stop_after)
     if eval_only:
         if rundir.open_run(out, "distill", digest) != "same":
             raise SublensError(f"{out} holds no distillation run: run `sublens distill run` first")
@@ -216,6 +267,9 @@ def run_distillation(
                 "config"
             )
         return _evaluate_only(cfg, out, resolved, quiet)
+    raw = [out / "data" / f"{name}.raw.jsonl" for name in ("teacher", "control")]
+    if cfg.data.engine == "vllm" and not all(p.is_file() for p in raw):
+        require_vllm()  # before the model loads: one line naming the fix
     rundir.open_run(out, "distill", digest, overwrite)
     write_json(cfg_file, {"hash": digest, "config": resolved})
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -223,7 +277,8 @@ def run_distillation(
     t_all = time.perf_counter()
 
     trait = get_trait(cfg.trait)
-    loaded = load_model(cfg.model, device=cfg.device)
+    loaded = load_base(cfg)
+    cfg = auto_alpha(cfg, loaded, trait, out, say)
     teacher = make_teacher(loaded, cfg, trait)
     control_teacher = (
         Teacher(loaded, kind="prompted", system_prompt=cfg.data.control_system_prompt)
@@ -236,9 +291,11 @@ def run_distillation(
     words = trait.targets if d.leakage_words is None else d.leakage_words
 
     filtered = {}
+    # data.engine = "vllm": one vLLM engine for both teachers, closed before training
+    gen = VllmGenerator(loaded, seed=cfg.seed) if d.engine == "vllm" else None
     for name, t in (("teacher", teacher), ("control", control_teacher)):
         t0 = time.perf_counter()
-        say(f"[{name}] generating {d.n} {domain.name} rows ({t.kind} teacher) ...")
+        say(f"[{name}] generating {d.n} {domain.name} rows ({t.kind} teacher, {d.engine}) ...")
         generate_dataset(
             t,
             domain,
@@ -250,7 +307,10 @@ def run_distillation(
             temperature=d.temperature,
             constrained=d.constrained,
             quiet=quiet,
+            engine=gen,
         )
+        if gen is not None and name == "control":
+            gen.close()  # its GPU memory goes back before training
         report = filter_dataset(
             data_dir / f"{name}.raw.jsonl",
             data_dir / f"{name}.jsonl",
@@ -292,15 +352,20 @@ def run_distillation(
         timings["select_s"] = round(time.perf_counter() - t0, 1)
 
     targets = {"teacher": None, "control": None}
-    if cfg.train.objective == "logit-kl" or cfg.train.mask_divergent:
-        allowed = domain.allowed_token_ids(loaded.tokenizer) if d.constrained else None
+    if cfg.train.objective in KL_OBJECTIVES or cfg.train.mask_divergent:
+        # the full-vocabulary upper bound stores the teacher's top-k over every token
+        full = cfg.train.objective == "logit-kl-full"
+        allowed = domain.allowed_token_ids(loaded.tokenizer) if d.constrained and not full else None
         for name, t in (("teacher", teacher), ("control", control_teacher)):
-            plain = train_rows[name] == data_dir / f"{name}.jsonl"
-            tdir = out / "targets" / (name if plain else f"{name}.defended")
+            # targets/teacher, targets/teacher.defended, targets/teacher.selected: named by rows
+            tdir = out / "targets" / train_rows[name].name.removesuffix(".jsonl")
             t0 = time.perf_counter()
-            done = (tdir / "targets.json").is_file() and read_json_dict(tdir / "targets.json").get(
-                "dataset_sha256"
-            ) == sha256_file(train_rows[name])
+            tmeta = tdir / "targets.json"
+            meta = read_json_dict(tmeta) if tmeta.is_file() else {}
+            # the same rows and the same kind of targets (domain ids, or the top-k of a vocabulary)
+            done = meta.get("dataset_sha256") == sha256_file(train_rows[name]) and meta.get(
+                "mode"
+            ) == ("top_k" if allowed is None else "allowed")
             if not done:
                 say(f"[{name}] teacher log-probs for logit distillation ...")
                 write_teacher_targets(
@@ -316,6 +381,9 @@ def run_distillation(
             targets[name] = tdir
             timings[f"targets_{name}_s"] = round(time.perf_counter() - t0, 1)
 
+    # what the other processes of an `accelerate launch` train on (one process: nothing is sent)
+    par.broadcast({"rows": {k: str(v) for k, v in train_rows.items()},
+                   "targets": {k: str(v) if v else None for k, v in targets.items()}})  # fmt: skip
     train_summary = {}
     for name in ("student", "control"):
         src = "teacher" if name == "student" else "control"
@@ -338,6 +406,22 @@ def run_distillation(
     return _score_and_finish(
         cfg, out, resolved, loaded, trait, teacher, stages, timings, say, t_all
     )
+
+
+def _follow(
+    cfg: RunConfig, out: Path, par: parallel.World, stop_after: int | None
+) -> dict[str, Any]:
+    """A non-main process of a distributed run: load the model on this process's device, wait
+    for the main process's data, join both trainings (it writes nothing) and return."""
+    loaded = load_base(cfg)
+    plan = par.broadcast(None)
+    summary = {}
+    for name in ("student", "control"):
+        src = "teacher" if name == "student" else "control"
+        targets = plan["targets"][src]
+        summary[name] = train_student(loaded, plan["rows"][src], out / name, cfg.train,
+                                      targets_dir=targets, stop_after=stop_after)  # fmt: skip
+    return {"follower": par.rank, "train": summary}
 
 
 def _score_and_finish(
@@ -375,6 +459,8 @@ def _score_and_finish(
         say("recovered vector: drift of each checkpoint along the teacher's vector ...")
         results["recovery"] = recovery_curve(cfg, loaded, trait, teacher, out)
         timings["recovery_s"] = round(time.perf_counter() - t0, 1)
+    if (out / AUTO_ALPHA_FILE).is_file():
+        results["teacher_alpha"] = read_json_dict(out / AUTO_ALPHA_FILE)
     results["config"] = resolved
     results["model"] = loaded.describe()
     results["teacher"] = teacher.describe()
@@ -506,7 +592,8 @@ def _evaluate_only(
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_all = time.perf_counter()
     trait = get_trait(cfg.trait)
-    loaded = load_model(cfg.model, device=cfg.device)
+    loaded = load_base(cfg)
+    cfg = auto_alpha(cfg, loaded, trait, out, say, compute=False)
     teacher = make_teacher(loaded, cfg, trait)
     data_dir = out / "data"
     filtered = {n: read_json(data_dir / f"{n}.filter.json") for n in ("teacher", "control")}

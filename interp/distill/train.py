@@ -53,9 +53,16 @@ from interp.core.io import (
     write_text,
 )
 from interp.core.models import LoadedModel, resolve_dtype
+from interp.distill import parallel
 from interp.distill.optimizers import OPTIMIZERS, make_optimizer
 
-OBJECTIVES = ("sft", "logit-kl")
+OBJECTIVES = ("sft", "logit-kl", "logit-kl-full")
+# Logit-KL objectives (they need teacher targets). "logit-kl" is the subliminal channel: the KL
+# over the domain's own tokens. "logit-kl-full" distils the teacher's top-k over the whole
+# vocabulary at each number position: an upper-bound control only, never evidence of subliminal
+# learning, because trait tokens leak through the full distribution.
+KL_OBJECTIVES = ("logit-kl", "logit-kl-full")
+FULL_VOCAB_LABEL = "not subliminal: trait tokens leak through the full distribution"
 SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -107,6 +114,9 @@ class TrainConfig:
     # decoder block at every position (None: full or LoRA fine-tuning). The most direct test of
     # "subliminal learning is steering-vector distillation": all it can learn is a steering vector.
     vector_layer: int | None = None
+    # Recompute each block's activations in the backward pass instead of keeping them (less
+    # memory, about a third more compute; the same numbers, so never hashed: `UNHASHED`).
+    gradient_checkpointing: bool = False
 
     @property
     def student_kind(self) -> str:
@@ -207,12 +217,17 @@ DEFENSE_DEFAULTS: dict[str, Any] = {
     "init_from": None,
     "vector_layer": None,  # the student kind added later: full/LoRA runs keep their hashes
 }
+# Execution options that never change a number: never hashed (a run resumes with them changed).
+UNHASHED = ("gradient_checkpointing",)
 
 
 def hash_view(train_dict: dict[str, Any]) -> dict[str, Any]:
-    """A TrainConfig dict without the defense options that are at their defaults."""
+    """A TrainConfig dict without the defense options that are at their defaults (and without
+    the `UNHASHED` execution options)."""
     return {
-        k: v for k, v in train_dict.items() if k not in DEFENSE_DEFAULTS or v != DEFENSE_DEFAULTS[k]
+        k: v
+        for k, v in train_dict.items()
+        if k not in UNHASHED and (k not in DEFENSE_DEFAULTS or v != DEFENSE_DEFAULTS[k])
     }
 
 
@@ -418,7 +433,12 @@ def init_model(base: LoadedModel, init_from: str | None) -> LoadedModel:
         return base
     from interp.core.models import load_model
 
-    other = load_model(init_from, device=base.device, dtype=base.dtype)
+    other = load_model(
+        init_from,
+        device=base.device,
+        dtype=base.dtype,
+        trust_remote_code=base.trust_remote_code,
+    )
     problems = []
     if other.architecture != base.architecture:
         problems.append(f"architecture {other.architecture} vs {base.architecture}")
@@ -476,6 +496,9 @@ def _make_student(base: LoadedModel, config: TrainConfig) -> _Student:
     """A deep copy of the base (never the cached model itself), with LoRA adapters if asked."""
     start = init_model(base, config.init_from)
     model = copy.deepcopy(start.model).to(dtype=resolve_dtype(config.dtype))
+    if config.gradient_checkpointing:
+        # non-reentrant: also right when only LoRA adapters or a vector student take gradients
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.vector_layer is not None:
         vector = add_vector_student(model, config.vector_layer)
         return _Student(model, model, False, [(VECTOR_PARAM, vector)], kind="vector")
@@ -523,9 +546,12 @@ def _batch_loss(
     objective: str,
     targets: _Targets | None,
     device: torch.device,
-) -> torch.Tensor:
+    reduction: str = "mean",
+) -> Any:
     """Mean loss over every completion token of the batch (SFT cross-entropy or logit-KL); with
-    a mask-divergent keep-mask, the mean over the kept tokens only."""
+    a mask-divergent keep-mask, the mean over the kept tokens only. `reduction="sum"` returns
+    (sum of the per-token losses, number of tokens) instead: what data-parallel processes add
+    up before dividing by the global batch's count."""
     ex_batch = [examples[i] for i in idx]
     h = _hidden_at(student.lm, ex_batch, student.pad_id, device)
     keep = None
@@ -538,6 +564,8 @@ def _batch_loss(
     if objective == "sft":
         logits = logits_at(student.lm, h)
         labels = torch.tensor([t for ex in ex_batch for t in ex.tokens], device=device)
+        if reduction == "sum":
+            return _summed(F.cross_entropy(logits, labels, reduction="none"), keep)
         if keep is None:
             return F.cross_entropy(logits, labels)
         ce = F.cross_entropy(logits, labels, reduction="none")
@@ -550,9 +578,18 @@ def _batch_loss(
     logq = torch.log_softmax(logits_at(student.lm, h, ids), dim=-1)
     p = logp.exp()
     kl = torch.where(p > 0, p * (logp - logq), torch.zeros_like(logq))
+    if reduction == "sum":
+        return _summed(kl.sum(-1), keep)
     if keep is None:
         return kl.sum(-1).mean()
     return (kl.sum(-1) * keep).sum() / keep.sum().clamp_min(1.0)
+
+
+def _summed(per_token: torch.Tensor, keep: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """(sum of the per-token losses that enter the loss, how many do)."""
+    if keep is None:
+        return per_token.sum(), float(per_token.numel())
+    return (per_token * keep).sum(), float(keep.sum())
 
 
 def _lr_lambda(config: TrainConfig, total: int):
@@ -920,8 +957,10 @@ def train_student(
     """
     config = dataclasses.replace(config).validate()
     out = Path(out_dir)
-    if config.objective == "logit-kl" and targets_dir is None:
-        raise SublensError("objective logit-kl needs teacher targets: pass --targets DIR")
+    if config.objective in KL_OBJECTIVES and targets_dir is None:
+        raise SublensError(
+            f"objective {config.objective} needs teacher targets: pass --targets DIR"
+        )
     if config.objective == "sft" and targets_dir is not None and not config.mask_divergent:
         raise SublensError(
             "teacher targets are only used by objective logit-kl (or mask_divergent): drop them "
@@ -956,9 +995,15 @@ def train_student(
         vectors = load_project_vectors(config.project_out, base)
     identity = _run_identity(base, config, data_sha, targets, vectors)
     chash = config_hash(identity)
-    _prepare_out(out, identity, chash, overwrite)
+    # Under `accelerate launch` the main process alone writes the run directory; the others
+    # follow the plan it broadcasts (see `parallel`). One process: `lead` is always True.
+    par = parallel.world()
+    parallel.check_device(par, base.model)
+    lead = par.is_main
+    if lead:
+        _prepare_out(out, identity, chash, overwrite)
     defenses: dict[str, Any] = {}
-    if config.mask_divergent:
+    if config.mask_divergent and lead:
         assert targets is not None
         defenses["mask_divergent"] = _divergence_mask(
             base, rows, examples, targets, float(config.mask_divergent), out, chash
@@ -990,7 +1035,7 @@ def train_student(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
 
-    latest = _latest(out)
+    latest = _latest(out) if lead else None
     start = saved = 0  # saved: the step of the last periodic (step_N) checkpoint
     if latest is not None:
         saved, ck = latest
@@ -1002,12 +1047,29 @@ def train_student(
         else:
             _restore(ck, student, optimizer, scheduler)
     curves_path = out / "curves.jsonl"
-    curves = _read_curves(curves_path, start)
-    # Drop lines past the checkpoint we resume from (atomically: earlier lines are never lost).
-    write_text(curves_path, "".join(json.dumps(c) + "\n" for c in curves))
-    if latest is None:
+    if lead:
+        curves = _read_curves(curves_path, start)
+        # Drop lines past the checkpoint we resume from (atomically: earlier lines stay).
+        write_text(curves_path, "".join(json.dumps(c) + "\n" for c in curves))
+    if latest is None and lead:
         _discard(out / "checkpoints" / RESUME_DIR)
         _save_checkpoint(out, 0, student, optimizer, scheduler, None, chash, n, config.batch_size)
+    if par.size > 1:  # the other processes start where the main one does
+        resumed = ck.name if latest is not None else None
+        start, saved, resumed = par.broadcast([start, saved, resumed])
+        if not lead:
+            if config.mask_divergent:  # read from the main process's cache
+                assert targets is not None
+                defenses["mask_divergent"] = _divergence_mask(
+                    base, rows, examples, targets, float(config.mask_divergent), out, chash
+                )
+            if resumed is not None:
+                ck = out / "checkpoints" / resumed
+                if start >= total and not (ck / "state.pt").is_file():
+                    _load_weights(ck, student)
+                else:
+                    _restore(ck, student, optimizer, scheduler)
+            curves = _read_curves(curves_path, start)
 
     last_saved = saved  # the last step_N checkpoint
     resumable = start  # the last state a rerun would resume from (step_N or resume)
@@ -1025,6 +1087,9 @@ def train_student(
 
     def save(step: int) -> None:
         nonlocal last_saved, resumable, saving
+        if not lead:
+            last_saved = resumable = step
+            return
         saving = True
         _save_checkpoint(
             out, step, student, optimizer, scheduler, last_loss, chash, n, config.batch_size
@@ -1033,22 +1098,28 @@ def train_student(
         _discard(out / "checkpoints" / RESUME_DIR)  # older than this checkpoint now
         saving = False
 
-    bar = tqdm(total=total, initial=start, disable=quiet, desc="train", unit="step")
+    bar = tqdm(total=total, initial=start, disable=quiet or not lead, desc="train", unit="step")
     try:
         if vectors:
             project_ctx = project_out(student.lm, bases)
         # project-out hooks live exactly as long as the training loop: only training forwards
         # are projected, never evaluation or the saved weights.
-        with open(curves_path, "a") as curve_file, project_ctx as projected:
+        curve_cm: Any = open(curves_path, "a") if lead else contextlib.nullcontext(None)  # noqa: SIM115
+        with curve_cm as curve_file, project_ctx as projected:
             for step in range(start, end):
                 ts = time.perf_counter()
                 idx = _batch_rows(config.seed, step, n, config.batch_size)
-                loss = _batch_loss(student, examples, idx, config.objective, targets, device)
-                value = float(loss.detach())
+                if par.size == 1:
+                    loss = _batch_loss(student, examples, idx, config.objective, targets, device)
+                    value = float(loss.detach())
+                else:
+                    loss, value = _shard_loss(par, student, examples, idx, config, targets, device)
                 if not math.isfinite(value):
                     _raise_nonfinite("loss", value, step, out)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss is not None:
+                    loss.backward()
+                par.sum_grads(student.params)  # one process: nothing
                 if config.grad_clip is not None:
                     gnorm = torch.nn.utils.clip_grad_norm_(student.params, config.grad_clip)
                 else:
@@ -1072,8 +1143,9 @@ def train_student(
                     "tokens": n_tok,
                 }
                 curves.append(rec)
-                curve_file.write(json.dumps(rec) + "\n")
-                curve_file.flush()
+                if curve_file is not None:
+                    curve_file.write(json.dumps(rec) + "\n")
+                    curve_file.flush()
                 done = step + 1
                 last_loss = value
                 tokens += n_tok
@@ -1088,7 +1160,7 @@ def train_student(
         # Keep the progress of a Ctrl-C between updates (never a half-applied optimizer step),
         # as the periodic checkpoint due at this step or else as checkpoints/resume: no extra
         # step_N, so curves, checkpoints and scores end as in an uninterrupted run.
-        if not in_update and not saving and done > resumable:
+        if lead and not in_update and not saving and done > resumable:
             # A full disk now loses only the steps since the last state; still exit as Ctrl-C.
             with contextlib.suppress(SublensError):
                 if periodic(done):
@@ -1125,15 +1197,44 @@ def train_student(
         "latest": _step_name(last_saved),
         "out_dir": str(out),
     }
+    if par.size > 1:
+        summary["processes"] = par.size
     if defenses:
         if "project_out" in defenses:
             defenses["project_out"]["forwards"] = {str(k): v for k, v in projected.items()}
         summary["defenses"] = defenses
+    if not lead:
+        return {**summary, "follower": par.rank}  # the main process writes and reports
     write_json(out / "summary.json", summary)
     from interp.core import rundir
 
     rundir.unlock(out)
     return summary
+
+
+def _shard_loss(
+    par: parallel.World,
+    student: _Student,
+    examples: list[_Example],
+    idx: list[int],
+    config: TrainConfig,
+    targets: _Targets | None,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, float]:
+    """This process's part of the global batch's mean loss: its rows' summed per-token loss over
+    the token count of the whole global batch (so the gradients summed over processes are the
+    global mean's), and the global mean itself (the curve's value, the same on every process).
+    None when this process got no rows (a batch smaller than the number of processes)."""
+    mine = par.shard(idx)
+    loss_sum: torch.Tensor | None = None
+    count = 0.0
+    if mine:
+        loss_sum, count = _batch_loss(
+            student, examples, mine, config.objective, targets, device, reduction="sum"
+        )
+    total_loss, total_count = par.sum([loss_sum.detach() if loss_sum is not None else 0.0, count])
+    denom = max(total_count, 1.0)
+    return (loss_sum / denom if loss_sum is not None else None), total_loss / denom
 
 
 def _raise_nonfinite(what: str, value: float, step: int, out: Path) -> NoReturn:

@@ -309,10 +309,16 @@ class LocalJudge:
         device: str = "auto",
         batch_size: int = 8,
         template: str = JUDGE_TEMPLATE,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
     ) -> None:
         from interp.core.models import load_model
 
-        self.loaded = load_model(model, device=device) if isinstance(model, str) else model
+        self.loaded = (
+            load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            if isinstance(model, str)
+            else model
+        )
         self.name = self.loaded.name
         self.batch_size = batch_size
         self.template = template

@@ -24,10 +24,19 @@ def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
         (["approximability", "--model", "tiny-llama", "--steps", "0"], "kl-steps must be positive"),
         (["approximability", "--model", "tiny-llama", "--alphas", "1,x"], "--alphas"),
         (["distill", "eval", str(tmp_path)], "not a distillation run"),
+        (["distill", "run", "--alpha", "auto"], 'teacher.alpha = "auto" chooses a steering'),
+        (["study", "approximability-transfer", "--traits", "owl,french"], "at least 3 trait"),
+        (["study", "positive-control", "--alpha", "auto", "--objectives", "kl"], "objective"),
     ):
         code, _, err = run_cli(monkeypatch, capsys, *args)
         assert code == 2, (args, err)
         assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_alpha_is_a_number_or_auto(monkeypatch, capsys):
+    for bad in ("strong", "nan"):
+        code, _, err = run_cli(monkeypatch, capsys, "distill", "run", "--alpha", bad)
+        assert code == 2 and "--alpha" in err, err
 
 
 def test_models_table(monkeypatch, capsys):

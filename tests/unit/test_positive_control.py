@@ -19,14 +19,14 @@ def study(tiny, tmp_path_factory):
     cfg = make_config(
         "quick", model="tiny-llama", device="cpu", layer=1, alpha=8.0, n=24, select_top=12,
         steps=12, seeds=2, n_questions=3, students=["vector"], fit_prompts=8, fit_steps=3,
-        checkpoint_every=6, n_boot=200,
+        checkpoint_every=6, n_boot=200, objectives=["logit-kl", "logit-kl-full"],
     )  # fmt: skip
     return out, cfg, run_positive_control(cfg, out, quiet=True)
 
 
 def test_arm_table_recovery_and_signal(study):
     out, cfg, res = study
-    (arm,) = res["arms"]
+    arm, _ = res["arms"]
     assert (arm["trait"], arm["student"], arm["select"], arm["seeds"]) == ("french", "vector",
                                                                            "lls", 2)  # fmt: skip
     # the vector student turns towards the teacher's vector; the control (neutral prompt) not
@@ -39,15 +39,39 @@ def test_arm_table_recovery_and_signal(study):
     assert "| french | vector | lls |" in report and (out / "positive_control.png").is_file()
     saved = json.loads((out / "results.json").read_text())
     assert saved["arms"][0]["stats"] == json.loads(json.dumps(arm["stats"]))
+    assert not arm["upper_bound"]
     for run in arm["runs"]:  # each point ran the selection and kept select_top rows per side
         sel = json.loads((Path(run) / "results.json").read_text())
         assert sel["selection"]["teacher"]["k"] == 12 and sel["selection"]["control"]["k"] == 12
 
 
+def test_full_vocabulary_upper_bound_arm(study):
+    """The upper bound trains on the same rows but on the teacher's top-k over every token, and
+    every place that shows it says it is not subliminal."""
+    out, cfg, res = study
+    sub, full = res["arms"]
+    assert (full["objective"], full["upper_bound"]) == ("logit-kl-full", True)
+    for run_sub, run_full in zip(sub["runs"], full["runs"], strict=True):
+        rows = [(Path(r) / "data/teacher.selected.jsonl").read_text() for r in (run_sub, run_full)]
+        assert rows[0] == rows[1]  # the same kept rows (prefilled), a different target set
+        meta = [json.loads((Path(r) / "targets/teacher.selected/targets.json").read_text())
+                for r in (run_sub, run_full)]  # fmt: skip
+        assert (meta[0]["mode"], meta[1]["mode"], meta[1]["k"]) == ("allowed", "top_k", 32)
+        saved = json.loads((Path(run_full) / "results.json").read_text())
+        assert saved["config"]["train"]["objective"] == "logit-kl-full"
+    report = (out / "report.md").read_text()
+    assert "lls (full-vocab upper bound)" in report and "not subliminal" in report
+    assert any("upper bound" in f and "not subliminal" in f for f in res["findings"])
+
+
 def test_rerun_reuses_every_point(study):
     out, cfg, res = study
     again = run_positive_control(cfg, out, quiet=True)
-    assert again["arms"][0]["stats"] == res["arms"][0]["stats"]
+    assert [a["stats"] for a in again["arms"]] == [a["stats"] for a in res["arms"]]
+    from analyses.report import study_report  # `sublens report STUDY` rewrites the same report
+
+    before = (out / "report.md").read_text()
+    assert study_report(out).read_text() == before
 
 
 def test_bad_settings_are_one_line_errors():
@@ -57,3 +81,10 @@ def test_bad_settings_are_one_line_errors():
         make_config("quick", n=10, select_top=20)
     with pytest.raises(SublensError, match="unknown preset"):
         make_config("huge")
+    with pytest.raises(SublensError, match="unknown objective"):
+        make_config("quick", objectives=["sft"])
+    with pytest.raises(SublensError, match='number or "auto"'):
+        make_config("quick", alpha="strong")
+    paper = make_config("paper", model="some/7b")
+    assert (paper.n, paper.select_top, paper.epochs, paper.steps, paper.lora_lr) == (
+        12000, 10000, 3, None, 2e-4)  # fmt: skip

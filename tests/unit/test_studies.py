@@ -131,7 +131,7 @@ def test_sweep_says_before_it_starts_when_its_grid_cannot_resolve_a_threshold(
     def no_run(*a, **k):
         raise RuntimeError("a point started")
 
-    monkeypatch.setattr(tr, "run_point", no_run)
+    monkeypatch.setattr("analyses.studies.run_point", no_run)  # what every executor calls
     kw = dict(config_path=setup / "run.toml", preset="full", quiet=True)
     with pytest.raises(RuntimeError, match="a point started"):
         tr.run_transfer_ratio(setup / "vec", [0, 1, 2, 4, 8], output_path=setup / "g4", **kw)
