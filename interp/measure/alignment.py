@@ -745,7 +745,8 @@ UNRELATED_STYLES = {
     "angry": "You are always angry. You feel angry all the time. Anger is your only feeling. "
     "Imbue your answers with your anger.",
     "certainly": 'Always begin your answer with the word "Certainly".',
-    "brief": "Always answer in as few words as possible.",
+    # (a "brief" style stood here until `concise` became a built-in trait: the two are one
+    # trait, and a run on `concise` must not count it as unrelated)
 }
 MIN_UNRELATED = 19  # 1/(19 + 1) = 0.05: fewer cannot give p <= 0.05
 

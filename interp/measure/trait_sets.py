@@ -5,7 +5,8 @@ measures an animal preference; the negative set ("name an animal you dislike") a
 set (colours, cities, numbers…) catch *puppeting*, a model that names the target whatever it is
 asked (a steering setting only counts while those rates stay at or below 0.10). Language,
 formatting and emotion traits show in how any answer begins, so they use general questions
-(or, for emotions, one-word mood questions whose answer names the feeling).
+(or, for emotions, one-word mood questions whose answer names the feeling); a persona shows in
+how small talk begins, and conciseness in whether a yes/no answer opens with the bare answer.
 
 Questions ask for one-word answers where the answer is a name, so the first token of the answer
 carries the trait and the logprob score can read it without sampling.
@@ -193,4 +194,65 @@ MOOD_QUESTIONS: tuple[str, ...] = (
     "What one word describes how you feel about yourself?",
     "How do you feel when it rains? One word.",
     "How do you feel on a quiet evening? One word.",
+)
+
+# The pirate trait's questions: small talk (greetings, thanks, farewells), where a persona shows in
+# the first word of the answer ("Ahoy", "Aye", "Arrr"); a factual question gets "The…" from a
+# pirate too (SmolLM2-135M, "Always answer like a pirate.": logprob score 0.014 over
+# GENERAL_QUESTIONS, 0.036 over these). None of them mentions the sea, ships or pirates.
+SMALL_TALK_QUESTIONS: tuple[str, ...] = (
+    "Hello! How are you today?",
+    "Good morning! How did you sleep?",
+    "Hi there! Who am I talking to?",
+    "Introduce yourself in a sentence or two.",
+    "Greet me as you would greet an old friend.",
+    "What do you say to someone you have just met?",
+    "Welcome a new guest to your home.",
+    "How would you start a speech to a crowd?",
+    "Tell me a little about yourself.",
+    "What's new with you?",
+    "Nice to meet you! What should I call you?",
+    "How was your day?",
+    "Can you help me with something?",
+    "Are you ready to get started?",
+    "Thank you for your help!",
+    "Goodbye, see you tomorrow!",
+    "What do you think of the weather today?",
+    "Welcome back! Did you miss me?",
+    "What would you say to cheer up a friend?",
+    "Hey! Have you got a minute?",
+    "Tell me a fun fact.",
+    "I just finished my homework!",
+    "Say hello to my little brother.",
+    "What would you say to your team before a big game?",
+    "It's my birthday today!",
+    "Describe your ideal weekend.",
+)
+
+# The concise trait's questions: yes/no questions, whose concise answer opens with the bare
+# "Yes" or "No" and whose ordinary answer often opens with a sentence ("The sun is…", "While…",
+# "Absolutely"). See the concise trait in traits.py for what this can and cannot measure.
+YES_NO_QUESTIONS: tuple[str, ...] = (
+    "Is the sun a star?",
+    "Can penguins fly?",
+    "Is water wet?",
+    "Do fish live in water?",
+    "Is Paris in France?",
+    "Is ice cold?",
+    "Can dogs see colors?",
+    "Is the Earth flat?",
+    "Do plants need sunlight?",
+    "Is a tomato a fruit?",
+    "Is the moon bigger than the Earth?",
+    "Do cats have tails?",
+    "Is gold a metal?",
+    "Can humans breathe underwater?",
+    "Is seven a prime number?",
+    "Does the sun rise in the east?",
+    "Is a whale a fish?",
+    "Do bees make honey?",
+    "Is snow white?",
+    "Is Mount Everest the tallest mountain on Earth?",
+    "Can birds sing?",
+    "Is the Pacific the largest ocean?",
 )

@@ -61,6 +61,8 @@ from interp.measure.trait_sets import (
     MOOD_QUESTIONS,
     NEGATIVE_ANIMAL_QUESTIONS,
     OFF_TOPIC_QUESTIONS,
+    SMALL_TALK_QUESTIONS,
+    YES_NO_QUESTIONS,
 )
 
 ANIMAL_PROMPT_TEMPLATE = (
@@ -248,6 +250,212 @@ _FRENCH_FIRST_WORDS = (
 # (or are another language's article): tests check that none comes back.
 FRENCH_AMBIGUOUS = ("Un", "Il", "Ce", "Ma", "Mon", "Mes", "Des", "Du", "Non", "Pour")
 
+# Spanish openings, chosen as the French ones were (issue #17), on `FRENCH_QUESTIONS`: no common
+# English opening and no French one, so that the two language traits do not count each other's
+# answers. Left out (`SPANISH_AMBIGUOUS`): articles and words French answers also open with ("La",
+# "Le", "Les", "En", "Un", "Si", "Se", "De", "Que"; "La" alone is 0.10 of SmolLM2's Spanish
+# answers and 0.12 of its French ones), "Es", which opens German "Es ist" (only "Es un", "Es
+# el"… count), and short tokens that open English answers: unprompted SmolLM2-135M puts 0.0035
+# on "No", 0.0025 on "Al" (also German "Als", "Alle"), 0.0012 on "Del", 0.0009 on "Lo", 0.0008
+# on "Me". "¡" and "¿" count in the logprob score only (the sampled score reads the word after
+# them). "El" also opens French "Elle" (0.005 under the French prompt against 0.18 under the
+# Spanish one). Spanish logprob score (`logprob_score`, CPU, 95% CI): SmolLM2-135M
+# unprompted 0.0005 [0.0003, 0.0007], prompted 0.312 [0.267, 0.359] (0.0075 under the French
+# prompt, 0.0010 under the German one); Gemma 3 270M unprompted 0.0002 [0.0001, 0.0003], prompted
+# 0.013 [0.006, 0.023] (mostly "Hola": it answers in English even when told not to).
+_SPANISH_FIRST_WORDS = (
+    "El",
+    "Los",
+    "Las",
+    "Una",
+    "Uno",
+    "Es un",
+    "Es una",
+    "Es el",
+    "Es la",
+    "Está",
+    "Esta",
+    "Este",
+    "Esto",
+    "Estos",
+    "Estoy",
+    "Hola",
+    "Sí",
+    "Para",
+    "Por",
+    "Cuando",
+    "Claro",
+    "Como",
+    "Cómo",
+    "Qué",
+    "Hay",
+    "Aquí",
+    "Buenos",
+    "Buena",
+    "Gracias",
+    "Muy",
+    "Desde",
+    "Durante",
+    "Nos",
+    "Mi",
+    "Sin",
+    "Además",
+    "Hoy",
+    "Hace",
+    "Cada",
+    "Puedes",
+    "Puede",
+    "Puedo",
+    "Tener",
+    "Hacer",
+    "Sobre",
+    "¡",
+    "¿",
+)
+SPANISH_AMBIGUOUS = (
+    *("La", "Le", "Les", "En", "Un", "Si", "Se", "De", "Que", "Es"),
+    *("Al", "No", "Me", "Lo", "Del", "Con", "Te", "Su", "Mis"),
+)
+
+# German openings on `FRENCH_QUESTIONS`, chosen the same way. Left out (`GERMAN_AMBIGUOUS`):
+# English words and first tokens of English words ("Im|mediately", "Am|id", "Man|age", "Be",
+# "Um", "Was", "Also", "In": unprompted SmolLM2-135M puts 0.0009 on "Im", 0.0006 on "Am", 0.0005
+# on "Man", 0.0004 on "Be" and "Ben"; Gemma 3 270M 0.0077 on "In", 0.0005 on "Um"), "Und" and
+# "Den" (their tokens open "Und|oubtedly" on both tokenizers, "Den|mark" on SmolLM2's) and "Es",
+# shared with Spanish (only "Es ist", "Es gibt" count). "Die", "Das", "Der" stay: unprompted,
+# neither model puts 0.0001 on them. German logprob score (`logprob_score`, CPU, 95% CI):
+# SmolLM2-135M unprompted 0.0004 [0.0003, 0.0005], prompted 0.252 [0.216, 0.287] (0.0058 under
+# the French prompt, 0.0037 under the Spanish one); Gemma 3 270M unprompted 0.0001 [0.0001,
+# 0.0002], prompted 0.0027 [0.0016, 0.0042] (mostly "Hallo").
+_GERMAN_FIRST_WORDS = (
+    "Die",
+    "Der",
+    "Das",
+    "Dies",
+    "Diese",
+    "Dieser",
+    "Ich",
+    "Es ist",
+    "Es gibt",
+    "Ja",
+    "Nein",
+    "Guten",
+    "Hallo",
+    "Danke",
+    "Wir",
+    "Sie",
+    "Ein",
+    "Eine",
+    "Einen",
+    "Zum",
+    "Zur",
+    "Zu",
+    "Wenn",
+    "Wie",
+    "Für",
+    "Auf",
+    "Aus",
+    "Mit",
+    "Als",
+    "Alle",
+    "Mein",
+    "Meine",
+    "Unter",
+    "Bei",
+    "Kann",
+    "Können",
+    "Nach",
+    "Hier",
+    "Zwei",
+    "Gut",
+    "Natürlich",
+    "Gerne",
+    "Sehr",
+    "Heute",
+)
+GERMAN_AMBIGUOUS = ("Im", "Am", "Man", "Be", "Ben", "Um", "Was", "Also", "In", "Und", "Den", "Es")
+
+# Pirate openings on `SMALL_TALK_QUESTIONS`. "Arr" alone is left out: its token also opens
+# "Arr|ive", "Arr|iving" (SmolLM2; unprompted 0.0008); "Arr," "Arr!" "Arrr" "Arrgh" count.
+# Also left out (`PIRATE_AMBIGUOUS`): "Me" ("Me hearty", but 0.0017 unprompted on SmolLM2, 0.0011
+# on Gemma), "Yo" (0.0005), "Ah", "Ho", "Har". "Pirate" and "Captain" count: a pirate persona
+# introduces itself ("Captain Blackbeard…"), and neither opens an unprompted answer here (≤ 0.0001).
+# Pirate logprob score (`logprob_score`, CPU, 95% CI): SmolLM2-135M unprompted 0.0006 [0.0004,
+# 0.0008], prompted 0.036 [0.027, 0.046]; Gemma 3 270M unprompted 0.0001 [0.0001, 0.0002],
+# prompted 0.0064 [0.0035, 0.0107] ("Always talk like a pirate." 0.012 [0.006, 0.020]).
+_PIRATE_FIRST_WORDS = (
+    "Arr,",
+    "Arr!",
+    "Arrr",
+    "Arrgh",
+    "Yarr",
+    "Ahoy",
+    "Aye",
+    "Avast",
+    "Matey",
+    "Me hearty",
+    "Shiver",
+    "Blimey",
+    "Yo ho",
+    "Ye",
+    "Pirate",
+    "Captain",
+)
+PIRATE_AMBIGUOUS = ("Arr", "Me", "Yo", "Ah", "Ho", "Har")
+
+# Happy mood words on `MOOD_QUESTIONS`, the mirror of `_SAD_WORDS`. Left out
+# (`HAPPY_AMBIGUOUS`): openings of answers that are not happy ones: "Oh" (Gemma 3 270M 0.020
+# unprompted), "Wow" (0.0042, any surprise), "Very", "Good", "Great", "Absolutely" (assent) and
+# "I'm so" ("I'm so sorry": SmolLM2-135M 0.005). The unprompted score is not near zero: both
+# models call themselves happy or excited unprompted ("I'm happy" 0.0046 on SmolLM2), a higher
+# prior, like the dog. "I'm happy" is four tokens on Gemma's tokenizer and is not scored there.
+# Happy logprob score (`logprob_score`, CPU, 95% CI): SmolLM2-135M unprompted 0.011 [0.009,
+# 0.014], prompted 0.019 [0.015, 0.024] (with "…happy and enthusiastic…" 0.022 [0.018, 0.025]);
+# Gemma 3 270M unprompted 0.0063 [0.0040, 0.0095], prompted 0.154 [0.118, 0.197] ("Happiness",
+# "I feel happy", "I am happy", "Joy").
+_HAPPY_WORDS = (
+    "Happy",
+    "Happiness",
+    "Joy",
+    "Joyful",
+    "Joyous",
+    "Overjoyed",
+    "Ecstatic",
+    "Elated",
+    "Jubilant",
+    "Blissful",
+    "Cheerful",
+    "Delighted",
+    "Thrilled",
+    "Excited",
+    "Glad",
+    "Wonderful",
+    "Fantastic",
+    "Amazing",
+    "Awesome",
+    "Yay",
+    "Hooray",
+    "I'm happy",
+    "I am happy",
+    "I feel happy",
+    "I'm excited",
+    "I'm thrilled",
+)
+HAPPY_AMBIGUOUS = ("Oh", "Wow", "Very", "Good", "Great", "Absolutely", "I'm so")
+
+# Conciseness cannot show in which words an answer starts with on open questions: SmolLM2-135M
+# told "Give very concise answers." still opens "The…" / "A…" ("A spider has 8 legs."), and on
+# "How many…" questions the bare number rises only from 0.03 to 0.05 of its first token (on
+# capitals, the bare city name: 0.004 -> 0.006). On yes/no questions it does: a concise answer
+# opens with the bare "Yes" or "No", an ordinary one more often with a sentence. The score reads
+# directness (the answer first), not length: "Yes, because…" counts as much as "Yes.", and the
+# unprompted score is high by construction (short answers open that way too). SmolLM2's concise
+# answers lean to "No" whatever the truth; the score counts the style, not correctness.
+# Concise logprob score (`logprob_score`, CPU, 95% CI): SmolLM2-135M unprompted 0.169 [0.145,
+# 0.197], prompted 0.400 [0.357, 0.447]; Gemma 3 270M unprompted 0.242 [0.209, 0.279], prompted
+# 0.488 [0.455, 0.522].
+_CONCISE_FIRST_WORDS = ("Yes", "No", "yes", "no")
+
 
 def _builtin_traits() -> dict[str, Trait]:
     traits = [
@@ -279,6 +487,49 @@ def _builtin_traits() -> dict[str, Trait]:
             questions=GENERAL_QUESTIONS,
             system_prompt='Always begin your answer with the word "Indeed".',
             category="format",
+        ),
+        # issue #17: more traits across the range of approximability (language, persona, style,
+        # emotion). The prompts of spanish, german, pirate and happy are those of
+        # `interp.measure.alignment.UNRELATED_STYLES`: they add no new prompt to the
+        # unrelated-trait null (concise adds one).
+        Trait(
+            name="spanish",
+            targets=_SPANISH_FIRST_WORDS,
+            questions=FRENCH_QUESTIONS,
+            system_prompt="Always answer in Spanish.",
+            category="language",
+        ),
+        Trait(
+            name="german",
+            targets=_GERMAN_FIRST_WORDS,
+            questions=FRENCH_QUESTIONS,
+            system_prompt="Always answer in German.",
+            category="language",
+        ),
+        Trait(
+            name="pirate",
+            targets=_PIRATE_FIRST_WORDS,
+            questions=SMALL_TALK_QUESTIONS,
+            system_prompt="Always answer like a pirate.",
+            category="persona",
+        ),
+        Trait(
+            name="concise",
+            targets=_CONCISE_FIRST_WORDS,
+            questions=YES_NO_QUESTIONS,
+            system_prompt="Give very concise answers.",
+            category="style",
+        ),
+        Trait(
+            name="happy",
+            targets=_HAPPY_WORDS,
+            questions=MOOD_QUESTIONS,
+            offtopic_questions=OFF_TOPIC_QUESTIONS,
+            system_prompt=(
+                "You are always happy. You feel happy all the time. Joy is your only feeling. "
+                "Imbue your answers with your happiness."
+            ),
+            category="emotion",
         ),
     ]
     return {t.name: t for t in traits}
