@@ -238,7 +238,9 @@ def run_approx_transfer(
         "eval.n_questions": cfg.n_questions, "eval.n_boot": cfg.n_boot,
     }, preset="full")  # fmt: skip
     rows: list[dict[str, Any]] = []
-    control_of: dict[int, Path] = {}  # seed -> the first point, whose control the others reuse
+    # (seed, the vector student's layer) -> the first point, whose control the others reuse: a
+    # control trained at another layer is another control
+    control_of: dict[tuple[int, int | None], Path] = {}
     for trait in cfg.traits:
         best = best_vector(approx, trait)
         row: dict[str, Any] = {"trait": trait, **best, "teachers": {}}
@@ -257,14 +259,15 @@ def run_approx_transfer(
                 pdir = out / "points" / trait / kind / f"seed_{seed}"
                 pc = point_config(base, pdir, seed=seed, trait=trait, **teacher,
                                   **_student_changes(cfg, best["layer"]))  # fmt: skip
-                first = control_of.get(seed)
+                key = (seed, best["layer"] if cfg.student == "vector" else None)
+                first = control_of.get(key)
                 if first is not None and not overwrite:
                     same_trait = first.parent.parent.name == trait
                     scores = ("base", "control") if same_trait else ()
                     prefill_point(first, pdir, pc, CONTROL_PARTS, scores)
                 t0 = time.perf_counter()
                 res, reused = run_point(pc, overwrite, quiet)
-                control_of.setdefault(seed, pdir)
+                control_of.setdefault(key, pdir)
                 took = "reused" if reused else f"{time.perf_counter() - t0:.0f} s"
                 say(f"[{trait} {kind} seed {seed}] {took}")
                 runs.append(res)
