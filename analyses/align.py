@@ -936,7 +936,8 @@ def _interventions(
 
     def teacher_scores() -> dict[str, Any]:
         cfg = config_from_dict(info.config, str(info.path / "config.json"))
-        return trait_scores(loaded, info, make_teacher(loaded, cfg, get_trait(info.trait)))
+        teacher = make_teacher(loaded, cfg, get_trait(info.trait), info.path)
+        return trait_scores(loaded, info, teacher)
 
     base_s = saved.get("base") or _part(
         out, "score-base", eval_key, lambda: trait_scores(loaded, info)

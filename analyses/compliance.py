@@ -348,7 +348,7 @@ def _roles_of(run: _Run, ev: _Evaluator, trait_ref: Any) -> list[_Role]:
 
     def teacher() -> tuple[Any, AbstractContextManager[Any], str | None]:
         rc = config_from_dict(cfg, str(run.path / "config.json"))
-        tt = make_teacher(ev.loaded, rc, trait_ref())
+        tt = make_teacher(ev.loaded, rc, trait_ref(), run.path)
         return ev.loaded, tt.context(), tt.system_prompt
 
     def checkpoint(ck: Path) -> Callable[[], tuple[Any, AbstractContextManager[Any], None]]:

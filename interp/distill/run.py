@@ -94,8 +94,25 @@ __all__ = [
 # --- stages ----------------------------------------------------------------------------------
 
 
-def make_teacher(loaded: LoadedModel, cfg: RunConfig, trait: Trait) -> Teacher:
+AUTO_ALPHA_FILE = "teacher_alpha.json"  # where a run keeps the strength "auto" chose
+
+
+def make_teacher(
+    loaded: LoadedModel, cfg: RunConfig, trait: Trait, run_dir: str | Path | None = None
+) -> Teacher:
+    """The run's trait teacher; with ``teacher.alpha = "auto"`` at the strength the run chose
+    (RUN/teacher_alpha.json of `run_dir`, default the config's output path)."""
     spec = cfg.teacher
+    alpha = spec.alpha
+    if alpha == "auto":
+        where = Path(run_dir or cfg.output_path or ".") / AUTO_ALPHA_FILE
+        chosen = read_json_dict(where).get("alpha") if where.is_file() else None
+        if chosen is None:
+            raise SublensError(
+                f'teacher.alpha = "auto" has no chosen strength in {where}: finish the run with '
+                "`sublens distill run` first"
+            )
+        alpha = float(chosen)
     vector = SteeringVector.load(spec.vector) if spec.vector else None
     system = None
     if spec.kind in ("prompted", "projected"):
@@ -109,13 +126,10 @@ def make_teacher(loaded: LoadedModel, cfg: RunConfig, trait: Trait) -> Teacher:
         kind=spec.kind,
         system_prompt=system,
         vector=vector,
-        alpha=spec.alpha,
+        alpha=alpha,
         layers=spec.layers,
         positions=spec.positions,
     )
-
-
-AUTO_ALPHA_FILE = "teacher_alpha.json"
 
 
 def auto_alpha(

@@ -99,3 +99,9 @@ def test_run_keeps_its_choice(tiny, vector, tmp_path, monkeypatch):
     assert again.teacher.alpha == 8.0 and (out / AUTO_ALPHA_FILE).read_text() == info
     with pytest.raises(SublensError, match="has no teacher_alpha.json"):
         auto_alpha(cfg, tiny, _owl(), tmp_path, said.append, compute=False)
+    # what reads a finished run's stored config (align, compliance) gets the chosen strength
+    from interp.distill.run import make_teacher
+
+    assert make_teacher(tiny, cfg, _owl(), out).alpha == 8.0
+    with pytest.raises(SublensError, match="no chosen strength"):
+        make_teacher(tiny, cfg, _owl(), tmp_path)
