@@ -157,6 +157,12 @@ def test_usage_errors_exit_2_without_traceback(monkeypatch, capsys, args):
     assert code == 2 and "Usage:" in err and "Traceback" not in err
 
 
+def _default_sigint() -> None:
+    # A suite started in the background by a shell without job control inherits SIGINT ignored
+    # (POSIX), and Python keeps an ignored SIGINT ignored: give the child the default back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _sublens(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -166,6 +172,7 @@ def _sublens(*args: str, **kw) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
         **kw,
     )
 
