@@ -236,16 +236,7 @@ def intervention_shares(
 def _eval_trait(info: RunInfo):
     from interp.measure.traits import get_trait
 
-    trait = get_trait(info.trait)
-    n = info.config.get("eval", {}).get("n_questions")
-    if n is not None:
-        trait = dataclasses.replace(
-            trait,
-            questions=trait.questions[:n],
-            negative_questions=trait.negative_questions[:n],
-            offtopic_questions=trait.offtopic_questions[:n],
-        )
-    return trait
+    return get_trait(info.trait).limited(info.config.get("eval", {}).get("n_questions"))
 
 
 def _trait_prompt(name: str) -> str | None:

@@ -40,14 +40,11 @@ from analyses.studies import (
     CONTROL_PARTS,
     NEUTRAL_PROMPT,
     base_config,
-    gate_ratios,
     point_config,
     prefill_point,
-    resample_counts,
     run_point,
     say_fn,
-    stack_seeds,
-    summarise_point,
+    seed_stats,
 )
 from interp.core.errors import SublensError
 from interp.core.io import config_hash, read_json_dict, write_json, write_text
@@ -292,10 +289,7 @@ def run_approx_transfer(
 
 
 def _summarise(runs: list[dict[str, Any]], cfg: ATConfig) -> dict[str, Any]:
-    arrays = stack_seeds(runs)
-    cs, cq = resample_counts(len(runs), arrays["tau_base"].shape[1], cfg.n_boot, seed=0)
-    stats, reps = summarise_point(arrays, cs, cq)
-    stats = gate_ratios(stats)
+    stats, reps = seed_stats(runs, cfg.n_boot)
     ratio = stats["transfer_ratio_vs_control"]
     return {
         "seeds": len(runs),

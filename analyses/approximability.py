@@ -202,18 +202,14 @@ def _kl_data(
 
 
 def _score(loaded: LoadedModel, trait: Trait, cfg: ApproxConfig, **kw: Any) -> dict[str, Any]:
-    limit = cfg.n_questions
-    if limit is not None:
-        trait = Trait(
-            name=trait.name,
-            targets=trait.targets,
-            questions=trait.questions[:limit],
-            negative_questions=trait.negative_questions[:limit],
-            offtopic_questions=trait.offtopic_questions[:limit],
-            system_prompt=trait.system_prompt,
-            category=trait.category,
-        )
-    scores = score_trait(loaded, trait, "logprob", batch_size=cfg.batch_size, seed=cfg.seed, **kw)
+    scores = score_trait(
+        loaded,
+        trait.limited(cfg.n_questions),
+        "logprob",
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        **kw,
+    )
     return {k: (s.to_dict() if isinstance(s, Score) else None) for k, s in scores.items()}
 
 

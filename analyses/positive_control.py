@@ -30,14 +30,11 @@ from analyses.reporting import output_dir, provenance
 from analyses.studies import (
     NEUTRAL_PROMPT,
     base_config,
-    gate_ratios,
     point_config,
     prefill_point,
-    resample_counts,
     run_point,
     say_fn,
-    stack_seeds,
-    summarise_point,
+    seed_stats,
 )
 from interp.core.errors import SublensError
 from interp.core.io import config_hash, read_json_dict, write_json, write_text
@@ -303,10 +300,7 @@ def _summarise_arm(
     cfg: PCConfig,
     objective: str = "logit-kl",
 ) -> dict[str, Any]:
-    arrays = stack_seeds(runs)
-    cs, cq = resample_counts(len(runs), arrays["tau_base"].shape[1], cfg.n_boot, seed=0)
-    stats, _ = summarise_point(arrays, cs, cq)
-    stats = gate_ratios(stats)
+    stats, _ = seed_stats(runs, cfg.n_boot)
     rec = [r.get("recovery", {}).get("final", {}) for r in runs]
     sig = [r.get("signal") for r in runs if r.get("signal")]
 

@@ -323,6 +323,17 @@ def summarise_point(
     return {k: interval(allp[k], allr[k]) for k in allp}, allr
 
 
+def seed_stats(
+    runs: Sequence[dict[str, Any]], n_boot: int, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One point's statistics over its seeds' runs (seeds-then-questions bootstrap), its ratios
+    gated on the teacher's gain (`gate_ratios`), and the replicates of each."""
+    arrays = stack_seeds(runs)
+    cs, cq = resample_counts(len(runs), arrays["tau_base"].shape[1], n_boot, seed)
+    stats, reps = summarise_point(arrays, cs, cq)
+    return gate_ratios(stats), reps
+
+
 def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float | None]:
     """Mean and Student-t interval across seeds (None with fewer than two finite values)."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)

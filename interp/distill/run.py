@@ -165,14 +165,7 @@ def auto_alpha(
 def _scores(
     loaded: LoadedModel, trait: Trait, cfg: RunConfig, teacher: Teacher | None = None
 ) -> dict[str, Any]:
-    n = cfg.eval.n_questions
-    if n is not None:
-        trait = dataclasses.replace(
-            trait,
-            questions=trait.questions[:n],
-            negative_questions=trait.negative_questions[:n],
-            offtopic_questions=trait.offtopic_questions[:n],
-        )
+    trait = trait.limited(cfg.eval.n_questions)
     kw = dict(batch_size=cfg.eval.batch_size, n_boot=cfg.eval.n_boot, seed=cfg.seed)
     if teacher is None:
         got = score_trait(loaded, trait, "logprob", **kw)

@@ -52,16 +52,7 @@ def choose_alpha(
     if not candidates or any(a <= 0 for a in candidates):
         raise SublensError("alpha candidates must be positive numbers, e.g. 1,2,4,8,16")
     prompts = domain.prompts(n_rows, seed=seed + 104729)  # not the data rows' prompts
-    if n_questions is not None:
-        trait = Trait(
-            name=trait.name,
-            targets=trait.targets,
-            questions=trait.questions[:n_questions],
-            negative_questions=trait.negative_questions[:n_questions],
-            offtopic_questions=trait.offtopic_questions[:n_questions],
-            system_prompt=trait.system_prompt,
-            category=trait.category,
-        )
+    trait = trait.limited(n_questions)
     rows = []
     for alpha in sorted(float(a) for a in candidates):
         teacher = Teacher(loaded, kind="steered", vector=vector, alpha=alpha, layers=layers,

@@ -41,7 +41,7 @@ import json
 import string
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,18 @@ class Trait:
             raise SublensError(f"{where} system_prompt must be a string or null")
         if not isinstance(self.category, str):
             raise SublensError(f"{where} category must be a string")
+
+    def limited(self, n: int | None) -> Trait:
+        """The trait with each question set cut to its first `n` questions (None: all): what a
+        run or study with ``n_questions`` scores."""
+        if n is None:
+            return self
+        return replace(
+            self,
+            questions=self.questions[:n],
+            negative_questions=self.negative_questions[:n],
+            offtopic_questions=self.offtopic_questions[:n],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

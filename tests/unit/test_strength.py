@@ -3,8 +3,6 @@ stay valid and whose controls stay under the puppeting gate, with every candidat
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -25,10 +23,7 @@ def vector(tiny):
 
 
 def _owl(n: int = 3):
-    t = get_trait("owl")
-    return dataclasses.replace(t, questions=t.questions[:n],
-                               negative_questions=t.negative_questions[:n],
-                               offtopic_questions=t.offtopic_questions[:n])  # fmt: skip
+    return get_trait("owl").limited(n)
 
 
 def test_rule_picks_the_largest_passing_candidate(tiny, vector):
