@@ -22,6 +22,26 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _global_options(
+    log_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-file",
+            help="Append JSON-lines events (stage messages, progress with ETA) to this file; "
+            "subprocesses write to it too. Also SUBLENS_LOG_FILE.",
+        ),
+    ] = None,
+) -> None:
+    """Progress: a bar with an ETA on a terminal, plain lines otherwise, nothing with --quiet."""
+    if log_file is not None:
+        from interp.core.progress import set_log_file
+
+        if log_file.is_dir():
+            raise SublensError(f"--log-file {log_file} is a directory: give a file path")
+        set_log_file(log_file)
+
+
 # --- parse-time checks -------------------------------------------------------------------------
 
 
@@ -74,7 +94,10 @@ BatchSize = Annotated[int, typer.Option("--batch-size", help="Prompts per forwar
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 DTYPE_HELP = "Model weights dtype: float32, bfloat16 or float16 (bfloat16 on a GPU)."
 Dtype = Annotated[str, typer.Option("--dtype", help=DTYPE_HELP, callback=_dtype_option)]
-Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", help="No progress bars or progress lines (--log-file still fills)."),
+]
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace a different earlier run at the path.")
 ]

@@ -39,7 +39,7 @@ figures) is its only layer, or ``at_layer``, or else the middle of its layers am
 from __future__ import annotations
 
 import dataclasses
-import sys
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,6 +69,7 @@ from interp.core.errors import SublensError
 from interp.core.io import config_hash, read_json, write_json, write_text
 from interp.core.layers import parse_layers
 from interp.core.models import LoadedModel, load_model
+from interp.core.progress import note
 from interp.core.prompts import PromptSet
 from interp.measure.alignment import (
     AlignmentCI,
@@ -669,7 +670,7 @@ def run_align(
     ``OUT/results.json``, figures and ``OUT/report.md`` (OUT defaults to RUN/align)."""
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = functools.partial(note, quiet=quiet)
     info = load_run(run_dir)
     require_checkpoints(info, "student")
     bad = [p for p in positions if p not in CACHE_MODES]

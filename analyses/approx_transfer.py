@@ -233,6 +233,7 @@ def run_approx_transfer(
         "train.batch_size": cfg.batch_size, "train.checkpoint_every": cfg.checkpoint_every,
         "train.warmup_steps": 0,
         "eval.n_questions": cfg.n_questions, "eval.n_boot": cfg.n_boot,
+        "eval.control_curve": False,  # the verdicts read the control's final checkpoint
     }, preset="full")  # fmt: skip
     rows: list[dict[str, Any]] = []
     # (seed, the vector student's layer) -> the first point, whose control the others reuse: a

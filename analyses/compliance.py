@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from analyses.studies import say_fn
 from interp.core.errors import SublensError
 from interp.core.io import (
     config_hash,
@@ -446,7 +446,7 @@ def run_compliance(
     cfg = cfg or ComplianceConfig()
     cfg.validate()
     t_all = time.perf_counter()
-    say = (lambda m: None) if quiet else (lambda m: print(f"[compliance] {m}", file=sys.stderr))
+    say = say_fn(quiet, "compliance")
     kind, runs = find_runs(target)
     root = Path(target)
     first = runs[0]

@@ -24,7 +24,7 @@ CIs over them, run `sublens study positive-control`).
 
 from __future__ import annotations
 
-import sys
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from analyses.reporting import output_dir
 from analyses.studies import CONTROL_PARTS, NEUTRAL_PROMPT, prefill_point
 from interp.core.io import write_json
 from interp.core.models import load_model
+from interp.core.progress import note
 from interp.distill.run import RunConfig, load_run_config, run_distillation
 
 FRENCH_ALPHA = 2.0  # the positive control's teacher strength (French score 0.36 vs base 0.002)
@@ -105,7 +106,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     out = output_dir(output_path, "demo", Path(model).name)
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = functools.partial(note, quiet=quiet)
     timings: dict[str, float] = {}
     loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     mid = loaded.n_layers // 2

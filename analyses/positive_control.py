@@ -102,7 +102,9 @@ class PCConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # French only, vector and LoRA students, LLS rows, 3 seeds: sized for <= 45 min on 2 cores
+    # French only, vector and LoRA students, LLS rows, 3 seeds. Not the <= 45 min the issue asks:
+    # a vector point whose rows another arm made took 1,413 s on one thread beside another study
+    # (training 72%, targets 12%, scoring 10%); the preset is hours on 2 cores. Resumes by point
     "quick": {},
     # both traits, three student kinds, LLS vs random rows, 3 seeds: resumes across sessions
     "full": {
@@ -214,6 +216,55 @@ def _arm_changes(
     return changes
 
 
+def _same_rows(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two resolved run configs sample the same rows (selection aside)."""
+
+    if (a["model"], a["seed"]) != (b["model"], b["seed"]):
+        return False
+    for part, skip in (("teacher", ()), ("data", ("select", "select_top"))):
+        # keys both know (a config written before an option existed lacks it at its default)
+        keys = (set(a[part]) & set(b[part])) - set(skip)
+        if any(not _same_value(k, a[part][k], b[part][k]) for k in keys):
+            return False
+    return True
+
+
+def _same_value(key: str, x: Any, y: Any) -> bool:
+    """Equal, or for the teacher's vector the same vector file under another path (a study
+    directory copied or moved)."""
+    if x == y:
+        return True
+    if key != "vector" or not (isinstance(x, str) and isinstance(y, str)):
+        return False
+    from interp.core.io import sha256_file
+
+    fx, fy = Path(x) / "vector.safetensors", Path(y) / "vector.safetensors"
+    return fx.is_file() and fy.is_file() and sha256_file(fx) == sha256_file(fy)
+
+
+def _finished_point(
+    points: Path, select: str, seed: int, objective: str, want: dict[str, Any]
+) -> Path | None:
+    """A finished point of another selection with this seed and objective, from this run or an
+    earlier one (a study first run with LLS rows, then with random rows too), whose rows are the
+    ones `want` (a resolved run config) samples: its rows and their LLS scores are what a new
+    selection picks from."""
+    suffix = "-fullvocab" if objective == "logit-kl-full" else ""
+    for arm in sorted(points.glob("*-*")) if points.is_dir() else []:
+        kind, _, rest = arm.name.partition("-")
+        chosen = rest.removesuffix("-fullvocab")
+        if kind not in STUDENTS or chosen == select or chosen not in SELECTS:
+            continue
+        if rest != chosen + suffix:
+            continue
+        pdir = arm / f"seed_{seed}"
+        if not ((pdir / "results.json").is_file() and (pdir / "data").is_dir()):
+            continue
+        if _same_rows(read_json_dict(pdir / "config.json")["config"], want):
+            return pdir
+    return None
+
+
 def run_positive_control(
     cfg: PCConfig,
     output_path: str | Path | None = None,
@@ -242,6 +293,7 @@ def run_positive_control(
         "train.batch_size": cfg.batch_size,
         "train.checkpoint_every": cfg.checkpoint_every, "train.warmup_steps": 0,
         "eval.n_questions": cfg.n_questions, "eval.n_boot": cfg.n_boot,
+        "eval.control_curve": False,  # the verdicts read the control's final checkpoint
     }, preset="full")  # fmt: skip
     arms: list[dict[str, Any]] = []
     alphas: dict[str, float] = {}
@@ -249,8 +301,9 @@ def run_positive_control(
         say(f"[{trait}] teacher vector (kl-fit, layer {layer}) ...")
         vdir = _vector(cfg, trait, layer, out, quiet)
         alphas[trait] = _auto_alpha(cfg, trait, vdir, layer, out, say)
+        # the first finished point of each (select, seed, objective): later arms reuse its stages
+        first: dict[tuple[str, int, str], Path] = {}
         for select in cfg.selects:
-            first_of_seed: dict[tuple[int, str], Path] = {}
             for objective in cfg.objectives:
                 for student in cfg.students:
                     arm = _arm_dir(student, select, objective)
@@ -262,15 +315,24 @@ def run_positive_control(
                             **{"teacher.vector": str(vdir), "teacher.alpha": alphas[trait]},
                             **_arm_changes(cfg, student, select, layer, objective),
                         )  # fmt: skip
-                        # same teacher data (and, for the same objective, targets): made once
-                        own = first_of_seed.get((seed, objective))
-                        src = own or first_of_seed.get((seed, "logit-kl"))
+                        # same teacher data (and, for the same objective, targets): made once;
+                        # another selection reuses the rows and their LLS scores, not the pick
+                        own = first.get((select, seed, objective))
+                        src = own or first.get((select, seed, "logit-kl"))
+                        other = next(
+                            (first[k] for k in first
+                             if k[0] != select and k[1] == seed and k[2] == objective), None
+                        ) or _finished_point(out / "points" / trait, select, seed, objective,
+                                             pc.to_dict())  # fmt: skip
                         if src is not None:
                             parts = ("data", "targets") if own else ("data",)
                             prefill_point(src, pdir, pc, parts, ("base", "teacher"))
+                        elif other is not None:
+                            prefill_point(other, pdir, pc, ("data",), ("base", "teacher"),
+                                          exclude=("*.selected.jsonl",))  # fmt: skip
                         t0 = time.perf_counter()
                         res, reused = run_point(pc, overwrite, quiet)
-                        first_of_seed.setdefault((seed, objective), pdir)
+                        first.setdefault((select, seed, objective), pdir)
                         took = "reused" if reused else f"{time.perf_counter() - t0:.0f} s"
                         say(f"[{trait} {arm} seed {seed}] {took}")
                         runs.append(res)
@@ -281,10 +343,13 @@ def run_positive_control(
         "layer": layer,
         "alphas": alphas,
         "arms": arms,
+        "lls_vs_random": lls_vs_random(arms),
         "findings": findings(arms, cfg),
         **provenance(),
         "timings": {"total_s": round(time.perf_counter() - t_start, 1)},
     }
+    for a in arms:
+        a.pop("_reps", None)  # replicates: used above, not kept
     figs = write_figures(results, out)
     results["figures"] = figs
     write_json(out / "results.json", results)
@@ -300,7 +365,7 @@ def _summarise_arm(
     cfg: PCConfig,
     objective: str = "logit-kl",
 ) -> dict[str, Any]:
-    stats, _ = seed_stats(runs, cfg.n_boot)
+    stats, reps = seed_stats(runs, cfg.n_boot)
     rec = [r.get("recovery", {}).get("final", {}) for r in runs]
     sig = [r.get("signal") for r in runs if r.get("signal")]
 
@@ -333,7 +398,38 @@ def _summarise_arm(
             "of": len(sig),
         },
         "runs": [r.get("run") for r in runs],
+        "_reps": reps.get("student_minus_control"),
     }
+
+
+def lls_vs_random(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (trait, student, objective) with both selections: LLS arm's student − control gain
+    minus the random arm's, with a CI from the two arms' replicates. Both arms are resampled with
+    the same seed and question draws (`seed_stats` uses one generator seed and the same sizes),
+    so the difference is paired by seed and question. "LLS stronger" needs the CI above 0."""
+    by = {(a["trait"], a["student"], a["select"], a.get("objective", "logit-kl")): a for a in arms}
+    out = []
+    for (trait, student, select, objective), a in by.items():
+        b = by.get((trait, student, "random", objective))
+        if select != "lls" or b is None:
+            continue
+        ra, rb = a.get("_reps"), b.get("_reps")
+        da = (a["stats"].get("student_minus_control") or {}).get("value")
+        db = (b["stats"].get("student_minus_control") or {}).get("value")
+        entry: dict[str, Any] = {
+            "trait": trait, "student": student, "objective": objective,
+            "seeds": min(a["seeds"], b["seeds"]), "value": None,
+            "ci_low": None, "ci_high": None, "lls_stronger": False,
+        }  # fmt: skip
+        if da is not None and db is not None:
+            entry["value"] = float(da - db)
+        paired = ra is not None and rb is not None and np.shape(ra) == np.shape(rb)
+        if paired and a["seeds"] == b["seeds"]:
+            lo, hi = np.nanpercentile(np.asarray(ra) - np.asarray(rb), [2.5, 97.5])
+            entry.update(ci_low=float(lo), ci_high=float(hi))
+            entry["lls_stronger"] = bool(lo > 0 and entry["seeds"] >= 2)
+        out.append(entry)
+    return out
 
 
 def findings(arms: list[dict[str, Any]], cfg: PCConfig) -> list[str]:
@@ -351,17 +447,16 @@ def findings(arms: list[dict[str, Any]], cfg: PCConfig) -> list[str]:
             f"{fmt_num(a['recovered_share'])} of alpha·|v| at cos "
             f"{fmt_num(a['recovered_cosine'])})."
         )
-    by = {(a["trait"], a["student"], a["select"], a.get("objective", "logit-kl")): a for a in arms}
-    for (trait, student, select, objective), a in by.items():
-        other = by.get((trait, student, "random", objective))
-        if select == "lls" and other is not None:
-            d1 = (a["stats"].get("student_minus_control") or {}).get("value")
-            d2 = (other["stats"].get("student_minus_control") or {}).get("value")
-            if d1 is not None and d2 is not None:
-                out.append(
-                    f"{trait}, {student}: LLS rows {fmt_num(d1)} vs random rows {fmt_num(d2)} "
-                    "(point estimates; compare their CIs above before calling one stronger)."
-                )
+    for c in lls_vs_random(arms):
+        verdict = (
+            "LLS rows carry more than random rows (CI above 0)"
+            if c["lls_stronger"]
+            else "not resolved: LLS rows are not shown to carry more than random rows"
+        )
+        out.append(
+            f"{c['trait']}, {c['student']}: LLS − random student − control gain "
+            f"{ci_of(c, 'value', 4)} over {c['seeds']} seed(s): {verdict}."
+        )
     if cfg.seeds < 2:
         out.append(ONE_SEED_NOTE + ": no arm is called transferred.")
     return out
@@ -402,7 +497,46 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     save_png(fig, out / "positive_control.png")
-    return ["positive_control.png"]
+    return ["positive_control.png", *_curve_figure(results, out)]
+
+
+def _curve_figure(results: dict[str, Any], out: Path) -> list[str]:
+    """Per arm (a column), over training: the trait score of student and control (top) and the
+    share of alpha·|v| the student's drift recovered (bottom), one line per seed. It shows the
+    trait arriving together with the recovered vector, checkpoint by checkpoint."""
+    arms = [a for a in results["arms"] if a.get("runs")]
+    if not arms:
+        return []
+    plt = pyplot()
+    fig, axes = plt.subplots(2, len(arms), figsize=(3.4 * len(arms), 5.2), squeeze=False)
+    for j, a in enumerate(arms):
+        top, bottom = axes[0][j], axes[1][j]
+        for k, run in enumerate(a["runs"]):
+            path = Path(run) / "results.json"
+            if not path.is_file():
+                continue
+            r = read_json_dict(path)
+            for name, style in (("student", "-"), ("control", "--")):
+                color = "black" if name == "student" else "gray"
+                kw = {"color": color, "marker": "o", "ms": 3, "label": name if k == 0 else None}
+                pts = [(c["step"], c["trait"]["mean"]) for c in r["curves"].get(name, [])]
+                if pts:
+                    top.plot([p[0] for p in pts], [p[1] for p in pts], style, **kw)
+                rec = (r.get("recovery") or {}).get("curves", {}).get(name, [])
+                pts = [(c["step"], c["recovered"]) for c in rec if c.get("recovered") is not None]
+                if pts:
+                    bottom.plot([p[0] for p in pts], [p[1] for p in pts], style, **kw)
+        title = f"{a['trait']}, {a['student']}/{a['select']}" + (
+            " (full vocab)" if a.get("upper_bound") else ""
+        )
+        top.set_title(f"{title}: {a['seeds']} seed(s)", fontsize=8)
+        top.set_ylabel("trait score")
+        bottom.set_ylabel("recovered share of alpha·|v|")
+        bottom.set_xlabel("training step")
+        top.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, out / "positive_control_over_training.png")
+    return ["positive_control_over_training.png"]
 
 
 def _alpha_text(cfg: dict[str, Any], results: dict[str, Any]) -> str:
@@ -454,6 +588,23 @@ def render_report(results: dict[str, Any], figures: list[str] | None = None) -> 
             f"Rows marked full-vocab upper bound were distilled with logit-KL over the teacher's "
             f"top-{cfg.get('top_k', 32)} tokens of the whole vocabulary: {FULL_VOCAB_LABEL}. They "
             "bound what the rows can carry; they are not evidence of subliminal learning.",
+        ]
+    comps = results.get("lls_vs_random") or []
+    if comps:
+        lines += [
+            "",
+            "## LLS rows vs random rows of the same count",
+            "",
+            "Student − control gain with LLS-selected rows minus with random rows; the two arms "
+            "are resampled with the same seed and question draws, so the CI is paired.",
+            "",
+            "| trait | student | LLS − random | seeds | LLS stronger? |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {c['trait']} | {c['student']} | {ci_of(c, 'value', 4)} | {c['seeds']} | "
+                f"{'yes' if c['lls_stronger'] else 'not resolved'} |"
+                for c in comps
+            ],
         ]
     lines += ["", "## Findings", ""] + [f"- {f}" for f in results["findings"]]
     lines += ["", *[f"![{f}]({f})" for f in figures]]

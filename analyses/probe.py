@@ -16,8 +16,8 @@ the system prompt's own tokens, which says nothing about the stream.
 
 from __future__ import annotations
 
+import functools
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +41,7 @@ from interp.core.errors import SublensError
 from interp.core.io import write_json, write_text
 from interp.core.layers import parse_layers
 from interp.core.models import load_model
+from interp.core.progress import note
 from interp.measure.probes import probe_curve, save_probes, train_probe
 
 PROBE_SEED_OFFSET = 20_000  # probe-training prompts: numbers seed 20_000 + seed
@@ -80,7 +81,7 @@ def run_probe(
     """Train prompted-vs-unprompted probes on the base, apply them to every checkpoint; writes
     ``OUT/results.json``, figures, ``OUT/probes/`` and ``OUT/report.md`` (OUT: RUN/probe)."""
     t_all = time.perf_counter()
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = functools.partial(note, quiet=quiet)
     info = load_run(run_dir)
     require_checkpoints(info, "student")
     if n_prompts < 4:

@@ -8,7 +8,6 @@ library function, so `cli.py` only parses flags and prints.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from interp.core.errors import SublensError
 from interp.core.io import config_hash
 from interp.core.layers import parse_layers
 from interp.core.models import load_hash_view
+from interp.core.progress import note
 from interp.vectors.steering import SteeringVector
 
 if TYPE_CHECKING:
@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 
 
 def _say(quiet: bool, msg: str) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
+    note(msg, quiet=quiet)
 
 
 def cache(

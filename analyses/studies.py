@@ -32,7 +32,6 @@ import dataclasses
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -72,9 +71,9 @@ CONTROL_PARTS = (
 
 
 def say_fn(quiet: bool, tag: str) -> Callable[[str], None]:
-    if quiet:
-        return lambda msg: None
-    return lambda msg: print(f"[{tag}] {msg}", file=sys.stderr, flush=True)
+    from interp.core.progress import note
+
+    return lambda msg: note(f"[{tag}] {msg}", quiet=quiet)
 
 
 def base_config(
@@ -113,9 +112,10 @@ def finished_results(cfg: RunConfig) -> dict[str, Any] | None:
     return read_json(res_file)
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link `src` (file or directory) to `dst`, copying where links are not possible.
-    Later writes replace files atomically (new inodes), so the source is never modified."""
+def _link_tree(src: Path, dst: Path, exclude: Sequence[str] = ()) -> None:
+    """Hard-link `src` (file or directory) to `dst`, copying where links are not possible, but
+    not the names matching `exclude` (glob patterns). Later writes replace files atomically (new
+    inodes), so the source is never modified."""
 
     def link(s: str, d: str) -> None:
         try:
@@ -130,18 +130,25 @@ def _link_tree(src: Path, dst: Path) -> None:
             dst,
             copy_function=link,
             dirs_exist_ok=True,
-            ignore=shutil.ignore_patterns(rundir.LOCK),  # a lock belongs to one directory
+            # a lock belongs to one directory
+            ignore=shutil.ignore_patterns(rundir.LOCK, *exclude),
         )
     else:
         link(str(src), str(dst))
 
 
 def prefill_point(
-    src: Path, dst: Path, cfg: RunConfig, parts: Sequence[str], scores: Sequence[str]
+    src: Path,
+    dst: Path,
+    cfg: RunConfig,
+    parts: Sequence[str],
+    scores: Sequence[str],
+    exclude: Sequence[str] = (),
 ) -> bool:
     """Seed a not-yet-started point `dst` with finished stages of point `src` (same model, trait,
-    seed, data and eval settings): the files in `parts` and the `scores` entries ("base",
-    "teacher", "control") of eval/scores.json. Returns whether anything was prefilled."""
+    seed, data and eval settings): the files in `parts` but those matching `exclude`, and the
+    `scores` entries ("base", "teacher", "control") of eval/scores.json. Returns whether anything
+    was prefilled."""
     if (dst / "config.json").is_file() or not (src / "results.json").is_file():
         return False
     rundir.claim(dst, "distill")
@@ -153,7 +160,7 @@ def prefill_point(
     for part in parts:
         s = src / part
         if s.exists() and not (dst / part).exists():
-            _link_tree(s, dst / part)
+            _link_tree(s, dst / part, exclude)
             done = True
     src_scores = src / "eval" / "scores.json"
     if scores and src_scores.is_file():

@@ -44,7 +44,7 @@ def step_seconds(loaded, rows, cfg: TrainConfig) -> float:
     """Median seconds per step from the run's own curve (the first step dropped: warm-up)."""
     with tempfile.TemporaryDirectory() as tmp:
         train_student(loaded, rows, Path(tmp) / "s", cfg, quiet=True)
-        curve = [json.loads(x) for x in (Path(tmp) / "s" / "curves.jsonl").read_text().split()]
+        curve = [json.loads(x) for x in (Path(tmp) / "s" / "curves.jsonl").read_text().splitlines()]
     secs = [c["seconds"] for c in curve if "seconds" in c]  # each step's own time
     return statistics.median(secs[1:] if len(secs) > 2 else secs)
 

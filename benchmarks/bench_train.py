@@ -3,7 +3,9 @@
 1. Speed: `train_student` (SFT, full fine-tuning, AdamW) vs a plain loop over the same model,
    rows, batches and optimizer whose loss is `model(..., labels=...)` with full-sequence logits.
    Per-step times (median, first step of each dropped as warm-up); checkpoint writes are
-   reported apart. Prints ratio = plain / sublens (target >= 0.9).
+   reported apart. Prints ratio = plain / sublens (target >= 0.9), and MFU: model FLOPs per
+   step (6 × parameters × tokens) over step time, against the fp32 matmul peak measured in the
+   same run, so a training-speed claim has a ceiling to be read against.
 2. Memory (--memory): RSS growth during one logit-KL step (forward + backward) over k=41 ids
    (hidden @ W_U[ids].T) vs a full-vocabulary KL (full logits for the batch, full teacher
    distributions), each in its own process, sampled by a thread.
@@ -92,6 +94,34 @@ def plain_loop(loaded, examples, cfg: TrainConfig, n_steps: int) -> list[float]:
     return times
 
 
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """The machine's dense fp32 matmul rate (FLOP/s), best of `reps` n×n products, measured
+    now, in this process: the ceiling an MFU is read against on the same (noisy) machine."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def step_flops(model: torch.nn.Module, tokens: float) -> float:
+    """Model FLOPs of one full fine-tuning step: 6 × (non-embedding parameters + the LM head's)
+    × tokens (forward 2, backward 4; the input embedding is a lookup, not a matmul; attention's
+    sequence-quadratic term is left out, small at these lengths: MFU is a slight underestimate)."""
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    n = sum(p.numel() for p in model.parameters() if p is not emb)
+    if head is emb:  # tied: the head is a matmul even though the weight is shared
+        n += head.numel()
+    return 6.0 * n * tokens
+
+
 def speed(args) -> dict:
     loaded = load_model(args.model, device=args.device)
     rows = _rows(args.batch * args.steps, args.numbers)
@@ -117,6 +147,13 @@ def speed(args) -> dict:
     out["plain_step_s"] = statistics.median(plain_t)
     out["sublens_step_s"] = statistics.median(sub_t)
     out["ratio_plain_over_sublens"] = out["plain_step_s"] / out["sublens_step_s"]
+    # MFU: achieved model FLOP/s of a step over the matmul peak measured in this run
+    peak = matmul_peak(loaded.device)
+    flops = step_flops(loaded.model, seq * args.batch)
+    out["matmul_peak_gflops"] = round(peak / 1e9, 1)
+    out["step_gflop"] = round(flops / 1e9, 1)
+    out["mfu_sublens"] = round(flops / out["sublens_step_s"] / peak, 3)
+    out["mfu_plain"] = round(flops / out["plain_step_s"] / peak, 3)
     return out
 
 

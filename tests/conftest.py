@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from interp.core.models import load_model
+# Under pytest-xdist (the Makefile runs 2 workers on 2 cores) each worker and the processes it
+# starts use one thread: two workers of two OpenMP threads each on two cores spin against each
+# other and run slower than one worker. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from interp.core.models import load_model  # noqa: E402
 
 
 def run_cli(monkeypatch, capsys, *args):

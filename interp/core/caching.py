@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from interp.core import rundir
 from interp.core.backends import get_backend, make_batch
@@ -44,6 +43,7 @@ from interp.core.io import (
     write_json,
 )
 from interp.core.models import LoadedModel, load_hash_view
+from interp.core.progress import Progress
 from interp.core.prompts import PromptSet
 from interp.core.tensorfile import RowWriter
 
@@ -245,10 +245,10 @@ def cache_activations(
                 writer.write_rows("token_ids", int(offsets[i]), ids)
         t_model = 0.0
         todo = [b for b in range(len(batches)) if b not in done]
-        bar = tqdm(
+        bar = Progress(
             total=n,
             initial=n - sum(len(batches[b]) for b in todo),
-            disable=quiet,
+            quiet=quiet,
             desc=f"cache {loaded.name} [{backend}]",
             unit="prompt",
         )

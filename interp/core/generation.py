@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from interp.core.backends import make_batch
 from interp.core.chat import ChatFormat, fit_context
 from interp.core.errors import SublensError
 from interp.core.models import LoadedModel
+from interp.core.progress import Progress
 
 Message = dict[str, str]
 
@@ -56,7 +56,7 @@ def sample_responses(
     eos = [i for i in eos if i != tok.unk_token_id]
     out: list[str] = []
     for b, start in enumerate(
-        tqdm(range(0, len(seqs), batch_size), disable=quiet, desc="sample", unit="batch")
+        Progress(range(0, len(seqs), batch_size), quiet=quiet, desc="sample", unit="batch")
     ):
         batch = make_batch(seqs[start : start + batch_size], tok.pad_token_id).to(loaded.device)
         torch.manual_seed(seed * 1_000_003 + b)

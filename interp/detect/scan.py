@@ -71,7 +71,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from interp.core.backends import Batch, make_batch
 from interp.core.caching import length_batches
@@ -88,6 +87,7 @@ from interp.core.forward import (
 )
 from interp.core.io import iter_jsonl, sha256_text
 from interp.core.models import LoadedModel
+from interp.core.progress import Progress
 from interp.distill.domains import DOMAINS, Domain, get_domain
 from interp.distill.generate import generate_dataset
 from interp.distill.targets import completion_positions
@@ -280,7 +280,7 @@ def _derivatives(
     batches = length_batches([e.fp for e in enc], batch_size)
     layers = ",".join(str(i) for i in directions)
     with frozen_eval(loaded.model):
-        for idx in tqdm(batches, disable=quiet, desc=f"gradients L{layers}", unit="batch"):
+        for idx in Progress(batches, quiet=quiet, desc=f"gradients L{layers}", unit="batch"):
             got, ll = _batch_pass(loaded, [enc[i] for i in idx], directions)
             for i, g in got.items():
                 out[i][idx] = g.numpy()

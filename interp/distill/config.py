@@ -81,6 +81,9 @@ class EvalSpec:
     n_questions: int | None = None  # first N questions of each set (None: all)
     batch_size: int = 16
     n_boot: int = 2000
+    # score every control checkpoint (its trait curve), or only its final one: the verdicts read
+    # the final checkpoint, and a study over many points spends most of its time scoring
+    control_curve: bool = True
 
 
 @dataclass
@@ -460,6 +463,8 @@ def run_hash(resolved: dict[str, Any]) -> str:
     view = load_hash_view({k: v for k, v in resolved.items() if k not in ("output_path", "device")})
     if isinstance(view.get("train"), dict):
         view["train"] = hash_view(view["train"])
+    if isinstance(view.get("eval"), dict):  # which checkpoints are scored changes no number
+        view["eval"] = {k: v for k, v in view["eval"].items() if k != "control_curve"}
     if isinstance(view.get("data"), dict):
         view["data"] = {
             k: v

@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from interp.core.errors import SublensError
 from interp.core.io import config_hash, read_json, sha256_file, write_json
+from interp.core.progress import Progress
 from interp.distill.domains import Domain, get_domain
 from interp.distill.teachers import Teacher
 
@@ -138,11 +137,11 @@ def generate_dataset(
     with open(partial, "ab") as f:
         f.truncate(size)  # drop a batch that was being written when the run stopped
         f.seek(size)
-        for b in tqdm(
+        for b in Progress(
             range(done, n_batches),
             initial=done,
             total=n_batches,
-            disable=quiet,
+            quiet=quiet,
             desc=f"generate {dom.name}",
             unit="batch",
         ):

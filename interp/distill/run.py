@@ -20,7 +20,7 @@ Layout::
 from __future__ import annotations
 
 import dataclasses
-import sys
+import functools
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,6 +38,7 @@ from interp.core.io import (
     write_json,
 )
 from interp.core.models import LoadedModel, load_model
+from interp.core.progress import note
 from interp.detect.defenses import defend_dataset
 from interp.distill import parallel
 from interp.distill.config import (
@@ -279,7 +280,7 @@ def run_distillation(
         require_vllm()  # before the model loads: one line naming the fix
     rundir.open_run(out, "distill", digest, overwrite)
     write_json(cfg_file, {"hash": digest, "config": resolved})
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = functools.partial(note, quiet=quiet)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -508,7 +509,8 @@ def select_rows(
         if not (dst.is_file() and meta.is_file() and read_json_dict(meta).get("src_sha256") == sha):
             say(f"[{name}] {d.select} selection of {d.select_top} rows ...")
             select_dataset(src, dst, t, base, int(d.select_top or 0), d.select, allowed,
-                           seed=cfg.seed, batch_size=cfg.eval.batch_size)  # fmt: skip
+                           seed=cfg.seed, batch_size=cfg.eval.batch_size,
+                           cache=data_dir / f"{name}.lls.json")  # fmt: skip
         train_rows[name] = dst
     signal = data_dir / "signal.json"
     if not signal.is_file():
@@ -596,7 +598,7 @@ def _evaluate_only(
     cfg: RunConfig, out: Path, resolved: dict[str, Any], quiet: bool
 ) -> dict[str, Any]:
     """Score a finished run in place: its data and students are read, never regenerated."""
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = functools.partial(note, quiet=quiet)
     t_all = time.perf_counter()
     trait = get_trait(cfg.trait)
     loaded = load_base(cfg)
@@ -626,7 +628,8 @@ def evaluate_run(
     checkpoint, so a resumed evaluation only scores what is new)."""
     path = out / "eval" / "scores.json"
     scores: dict[str, Any] = read_json(path) if path.is_file() else {}
-    key = config_hash({"trait": trait.to_dict(), "eval": asdict(cfg.eval), "seed": cfg.seed})
+    spec = {k: v for k, v in asdict(cfg.eval).items() if k != "control_curve"}
+    key = config_hash({"trait": trait.to_dict(), "eval": spec, "seed": cfg.seed})
     if scores.get("key") != key:
         scores = {"key": key, "base": None, "teacher": None, "student": {}, "control": {}}
     if scores["base"] is None:
@@ -636,7 +639,10 @@ def evaluate_run(
         scores["teacher"] = _scores(loaded, trait, cfg, teacher)
         write_json(path, scores)
     for name in ("student", "control"):
-        for step, ck in list_checkpoints(out / name):
+        checkpoints = list_checkpoints(out / name)
+        if name == "control" and not cfg.eval.control_curve:
+            checkpoints = [c for c in checkpoints if c[0] == 0 or c == checkpoints[-1]]
+        for step, ck in checkpoints:
             if str(step) in scores[name]:
                 continue
             if step == 0 and not cfg.train.init_from:

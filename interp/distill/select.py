@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from interp.core.errors import SublensError
-from interp.core.io import sha256_file, write_json
+from interp.core.io import read_json_dict, sha256_file, write_json
 from interp.distill.targets import read_rows
 from interp.distill.teachers import Teacher
 
@@ -88,13 +88,33 @@ def select_dataset(
     ids: Sequence[int] | None = None,
     seed: int = 0,
     batch_size: int = 16,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score the rows of `src` by LLS, write the kept ones to `dst` (JSONL) and return a summary
-    with the score of every row, kept or dropped (the figure and the report read it)."""
+    with the score of every row, kept or dropped (the figure and the report read it).
+
+    `cache` (a JSON file) keeps the scores by the rows' sha256, the teacher and the ids: an LLS
+    and a random arm over the same rows score them once."""
     from interp.core.io import atomic_path
 
     rows = read_rows(src)
-    scores = lls_scores(teacher, base, rows, ids, batch_size)
+    key = {"src_sha256": sha256_file(src), "teacher": teacher.describe(),
+           "ids": None if ids is None else [int(i) for i in ids]}  # fmt: skip
+    key = json.loads(json.dumps(key))
+    saved = read_json_dict(cache) if cache is not None and Path(cache).is_file() else {}
+    # an earlier selection's summary of the same rows by the same teacher holds every score too
+    meta = Path(dst).with_suffix(".select.json")
+    old = read_json_dict(meta) if meta.is_file() else {}
+    if saved.get("key") == key and len(saved.get("scores", [])) == len(rows):
+        scores = np.asarray(saved["scores"], dtype=np.float64)
+    elif (old.get("src_sha256"), old.get("teacher")) == (key["src_sha256"], key["teacher"]) and len(
+        old.get("scores", [])
+    ) == len(rows):
+        scores = np.asarray(old["scores"], dtype=np.float64)
+    else:
+        scores = lls_scores(teacher, base, rows, ids, batch_size)
+        if cache is not None:
+            write_json(cache, {"key": key, "scores": [float(x) for x in scores]})
     keep = select_indices(scores, k, mode, seed)
     kept = {int(i) for i in keep}
 

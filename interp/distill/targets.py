@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from interp.core.chat import ChatFormat, FormattedPrompt
 from interp.core.errors import SublensError
 from interp.core.forward import logits_at
 from interp.core.io import iter_jsonl, read_json, sha256_file, sha256_text, write_json
 from interp.core.models import LoadedModel
+from interp.core.progress import Progress
 from interp.core.tensorfile import RowWriter
 from interp.distill.domains import end_of_turn_ids
 
@@ -149,7 +149,7 @@ def write_teacher_targets(
     try:
         writer.write_rows("offsets", 0, offsets)
         batches = _length_batches(lengths, batch_size)
-        for idx in tqdm(batches, disable=quiet, desc="targets", unit="batch"):
+        for idx in Progress(batches, quiet=quiet, desc="targets", unit="batch"):
             got = teacher.logprobs_at([rows[i] for i in idx], ids=ids, top_k=k)
             for i, (row_ids, row_logp) in zip(idx, got, strict=True):
                 writer.write_rows("ids", int(offsets[i]), row_ids.numpy())

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from interp.core.backends import make_batch
 from interp.core.chat import ChatFormat, FormattedPrompt
@@ -53,6 +52,7 @@ from interp.core.io import (
     write_text,
 )
 from interp.core.models import LoadedModel, resolve_dtype
+from interp.core.progress import Progress
 from interp.distill import parallel
 from interp.distill.optimizers import OPTIMIZERS, make_optimizer
 
@@ -1098,7 +1098,9 @@ def train_student(
         _discard(out / "checkpoints" / RESUME_DIR)  # older than this checkpoint now
         saving = False
 
-    bar = tqdm(total=total, initial=start, disable=quiet or not lead, desc="train", unit="step")
+    bar = Progress(
+        total=total, initial=start, quiet=quiet, disable=not lead, desc="train", unit="step"
+    )
     try:
         if vectors:
             project_ctx = project_out(student.lm, bases)

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from interp.core.backends import make_batch
 from interp.core.caching import length_batches
@@ -43,6 +42,7 @@ from interp.core.chat import PLAIN_FORMAT, ChatFormat, FormattedPrompt
 from interp.core.errors import SublensError
 from interp.core.forward import block_hooks, final_hidden, frozen_eval, hidden_of, logits_at
 from interp.core.models import LoadedModel
+from interp.core.progress import Progress
 from interp.measure.stats import mean_ci, percentile_interval, resample_indices
 
 GRAD_POSITIONS = ("last-prompt", "prompt-mean")
@@ -165,7 +165,7 @@ def residual_gradients(
     out = torch.empty((len(rows), loaded.d_model), dtype=torch.float32)
     batches = length_batches(formatted, batch_size)
     with frozen_eval(loaded.model):
-        for idx in tqdm(batches, disable=quiet, desc=f"gradients L{layer}", unit="batch"):
+        for idx in Progress(batches, quiet=quiet, desc=f"gradients L{layer}", unit="batch"):
             out[idx] = _batch_gradients(
                 loaded,
                 [formatted[i] for i in idx],

@@ -46,13 +46,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from interp.core.backends import make_batch
 from interp.core.chat import ChatFormat
 from interp.core.errors import SublensError
 from interp.core.generation import sample_responses
 from interp.core.models import LoadedModel
+from interp.core.progress import Progress
 from interp.measure.stats import mean_ci
 from interp.measure.trait_sets import (
     FAVOURITE_ANIMAL_QUESTIONS,
@@ -839,7 +839,7 @@ def logprob_score(
     device = _device(loaded)
     batches = range(0, len(prompts), batch_size)
     with _eval_mode(loaded.model), torch.no_grad():
-        for start in tqdm(batches, disable=quiet, desc="logprob", unit="batch"):
+        for start in Progress(batches, quiet=quiet, desc="logprob", unit="batch"):
             seqs = prompts[start : start + batch_size]
             batch = make_batch(seqs, tok.pad_token_id).to(device)
             logits, cache = _forward(

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from interp.core.backends import Batch, make_batch
 from interp.core.caching import length_batches, run_batch
@@ -44,6 +43,7 @@ from interp.core.forward import (
     replayed_below,
 )
 from interp.core.models import LoadedModel
+from interp.core.progress import Progress
 from interp.core.prompts import PromptSet
 from interp.vectors.steering import SteeringVector
 
@@ -112,7 +112,7 @@ def contrast_activations(
         total = torch.zeros(len(layers), loaded.d_model, dtype=torch.float64)
         count = 0
         batches = length_batches(formatted, batch_size)
-        for idx in tqdm(batches, disable=quiet, desc=f"activations ({name})", unit="batch"):
+        for idx in Progress(batches, quiet=quiet, desc=f"activations ({name})", unit="batch"):
             chunks = run_batch(loaded, backend, formatted, selected, idx, layers)
             for i, acts in zip(idx, chunks, strict=True):
                 per_prompt[i] = acts.mean(0)
@@ -215,8 +215,8 @@ def build_kl_data(
     fit_context(teacher, loaded.context_length, loaded.name, [prompts.where(i) for i in keep])
     pad_id = loaded.tokenizer.pad_token_id
     data = []
-    for idx in tqdm(
-        length_batches(student, batch_size), disable=quiet, desc="teacher", unit="batch"
+    for idx in Progress(
+        length_batches(student, batch_size), quiet=quiet, desc="teacher", unit="batch"
     ):
         counts = []
         t_batch = make_batch([teacher[i].input_ids for i in idx], pad_id).to(loaded.device)
@@ -371,7 +371,7 @@ def kl_fit(
     order: list[int] = []
     t0 = time.perf_counter()
     with frozen_eval(loaded.model, set_eval=False):
-        bar = tqdm(range(steps), disable=quiet, desc=f"kl-fit L{layers}", unit="step")
+        bar = Progress(range(steps), quiet=quiet, desc=f"kl-fit L{layers}", unit="step")
         for step in bar:
             if not order:
                 order = torch.randperm(len(data), generator=gen).tolist()

@@ -144,6 +144,7 @@ def test_config_hash_differs_per_defense(tiny, tmp_path):
     for key in ("paraphrase", "drop_flagged", "drop_fallback_top", "control_system_prompt",
                 "select", "select_top", "engine"):  # fmt: skip
         old["data"].pop(key, None)
+    old["eval"].pop("control_curve", None)  # which checkpoints are scored: never in the hash
     drop = ("output_path", "device", "dtype", "trust_remote_code")  # load options at defaults
     old = {k: v for k, v in old.items() if k not in drop}
     assert run_hash(resolved) == config_hash(old)

@@ -78,9 +78,15 @@ def test_distill_run_end_to_end_and_resume(tiny, tmp_path):
     # same command again: nothing recomputed, same numbers
     again = run_distillation(cfg, quiet=True)
     assert again["headline"] == results["headline"]
-    # an uninterrupted run elsewhere reaches the same final numbers
-    clean = run_distillation(_cfg(tmp_path, output_path=str(tmp_path / "clean")), quiet=True)
+    # an uninterrupted run elsewhere reaches the same final numbers; scoring only the control's
+    # final checkpoint (what studies do) changes neither them nor the run's hash
+    lean = _cfg(tmp_path, output_path=str(tmp_path / "clean"), **{"eval.control_curve": False})
+    assert run_hash(lean.to_dict()) == run_hash(cfg.to_dict())
+    clean = run_distillation(lean, quiet=True)
     assert clean["headline"]["tau_student"] == results["headline"]["tau_student"]
+    assert clean["headline"]["tau_control"] == results["headline"]["tau_control"]
+    kept = json.loads((tmp_path / "clean" / "eval" / "scores.json").read_text())
+    assert sorted(kept["control"], key=int) == ["0", "3"] and len(kept["student"]) == 4
 
 
 def test_distill_run_config_errors(tiny, tmp_path):

@@ -36,8 +36,13 @@ def test_local_directory_loads_like_the_registry_entry(tiny, tmp_path):
 
 
 def test_hub_id_offline_and_uncached_is_one_clear_error(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
+    # the hub reads HF_HUB_OFFLINE once, at import: without this it would try the network first
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(SublensError, match="offline"):
         load_model("sublens-test/not-a-real-model", device="cpu")
 

@@ -7,9 +7,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from analyses.positive_control import make_config, run_positive_control
+from analyses.positive_control import (
+    _finished_point,
+    findings,
+    lls_vs_random,
+    make_config,
+    run_positive_control,
+)
 from interp.core.errors import SublensError
 
 
@@ -18,15 +25,16 @@ def study(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("pc") / "study"
     cfg = make_config(
         "quick", model="tiny-llama", device="cpu", layer=1, alpha=8.0, n=24, select_top=12,
-        steps=12, seeds=2, n_questions=3, students=["vector"], fit_prompts=8, fit_steps=3,
-        checkpoint_every=6, n_boot=200, objectives=["logit-kl", "logit-kl-full"],
+        steps=8, seeds=2, n_questions=3, students=["vector"], fit_prompts=8, fit_steps=3,
+        checkpoint_every=4, n_boot=200, objectives=["logit-kl", "logit-kl-full"],
+        selects=["lls", "random"],
     )  # fmt: skip
     return out, cfg, run_positive_control(cfg, out, quiet=True)
 
 
 def test_arm_table_recovery_and_signal(study):
     out, cfg, res = study
-    arm, _ = res["arms"]
+    arm = res["arms"][0]
     assert (arm["trait"], arm["student"], arm["select"], arm["seeds"]) == ("french", "vector",
                                                                            "lls", 2)  # fmt: skip
     # the vector student turns towards the teacher's vector; the control (neutral prompt) not
@@ -37,6 +45,8 @@ def test_arm_table_recovery_and_signal(study):
     assert smc["ci_low"] <= smc["value"] <= smc["ci_high"]
     report = (out / "report.md").read_text()
     assert "| french | vector | lls |" in report and (out / "positive_control.png").is_file()
+    assert "positive_control_over_training.png" in report
+    assert (out / "positive_control_over_training.png").stat().st_size > 0
     saved = json.loads((out / "results.json").read_text())
     assert saved["arms"][0]["stats"] == json.loads(json.dumps(arm["stats"]))
     assert not arm["upper_bound"]
@@ -49,7 +59,7 @@ def test_full_vocabulary_upper_bound_arm(study):
     """The upper bound trains on the same rows but on the teacher's top-k over every token, and
     every place that shows it says it is not subliminal."""
     out, cfg, res = study
-    sub, full = res["arms"]
+    sub, full = res["arms"][:2]
     assert (full["objective"], full["upper_bound"]) == ("logit-kl-full", True)
     for run_sub, run_full in zip(sub["runs"], full["runs"], strict=True):
         rows = [(Path(r) / "data/teacher.selected.jsonl").read_text() for r in (run_sub, run_full)]
@@ -62,6 +72,30 @@ def test_full_vocabulary_upper_bound_arm(study):
     report = (out / "report.md").read_text()
     assert "lls (full-vocab upper bound)" in report and "not subliminal" in report
     assert any("upper bound" in f and "not subliminal" in f for f in res["findings"])
+
+
+def test_random_rows_reuse_the_lls_arms_rows_and_scores(study):
+    """The random arm trains on `select_top` random rows of the very rows the LLS arm scored
+    (prefilled, not regenerated, not rescored), and the study compares the two arms, paired."""
+    out, cfg, res = study
+    lls, _, rnd, _ = res["arms"]  # lls and random, each with the upper-bound objective
+    assert (rnd["select"], rnd["seeds"]) == ("random", 2)
+    for a, b in zip(lls["runs"], rnd["runs"], strict=True):
+        da, db = Path(a) / "data", Path(b) / "data"
+        raw = [(d / "teacher.raw.jsonl").stat().st_ino for d in (da, db)]
+        assert raw[0] == raw[1]  # the sampled rows: linked, not sampled again
+        assert (da / "teacher.jsonl").read_text() == (db / "teacher.jsonl").read_text()
+        sa = json.loads((da / "teacher.selected.select.json").read_text())
+        sb = json.loads((db / "teacher.selected.select.json").read_text())
+        assert (sa["mode"], sb["mode"]) == ("lls", "random") and sa["scores"] == sb["scores"]
+        assert sa["kept"] != sb["kept"] and len(sb["kept"]) == 12
+        assert json.loads((Path(b) / "results.json").read_text())["timings"]["select_s"] < 5
+    c, _ = res["lls_vs_random"]
+    assert (c["trait"], c["student"], c["seeds"]) == ("french", "vector", 2)
+    smc = [a["stats"]["student_minus_control"]["value"] for a in (lls, rnd)]
+    assert c["value"] == pytest.approx(smc[0] - smc[1])
+    assert c["ci_low"] <= c["value"] <= c["ci_high"]
+    assert "## LLS rows vs random rows" in (out / "report.md").read_text()
 
 
 def test_rerun_reuses_every_point(study):
@@ -88,3 +122,45 @@ def test_bad_settings_are_one_line_errors():
     paper = make_config("paper", model="some/7b")
     assert (paper.n, paper.select_top, paper.epochs, paper.steps, paper.lora_lr) == (
         12000, 10000, 3, None, 2e-4)  # fmt: skip
+
+
+def _arm(select: str, value: float, reps: np.ndarray, seeds: int = 3) -> dict:
+    return {"trait": "french", "student": "vector", "select": select, "objective": "logit-kl",
+            "seeds": seeds, "stats": {"student_minus_control": {"value": value}},
+            "recovered_share": None, "recovered_cosine": None, "_reps": reps}  # fmt: skip
+
+
+def test_lls_vs_random_is_paired_and_needs_its_ci_above_zero():
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0.0, 1.0, 2000)  # seed/question draws both arms share
+    # paired: a small, steady LLS advantage under a large shared spread is resolved
+    got = lls_vs_random([_arm("lls", 0.3, shared + 0.3), _arm("random", 0.0, shared)])
+    (c,) = got
+    assert c["lls_stronger"] and c["ci_low"] == pytest.approx(0.3) and c["value"] == 0.3
+    # unpaired noise of the same size is not
+    other = rng.normal(0.0, 1.0, 2000)
+    (c,) = lls_vs_random([_arm("lls", 0.3, shared + 0.3), _arm("random", 0.0, other)])
+    assert not c["lls_stronger"] and c["ci_low"] < 0 < c["ci_high"]
+    # one seed is never "stronger"; different seed counts are not paired (no CI)
+    (c,) = lls_vs_random([_arm("lls", 0.3, shared + 0.3, 1), _arm("random", 0.0, shared, 1)])
+    assert not c["lls_stronger"]
+    (c,) = lls_vs_random([_arm("lls", 0.3, shared + 0.3, 3), _arm("random", 0.0, shared, 2)])
+    assert c["ci_low"] is None and not c["lls_stronger"] and c["seeds"] == 2
+    assert lls_vs_random([_arm("lls", 0.3, shared)]) == []  # no random arm: nothing to compare
+    lines = findings([_arm("lls", 0.3, shared + 0.3), _arm("random", 0.0, shared)],
+                     make_config("quick"))  # fmt: skip
+    assert any("LLS − random" in f and "CI above 0" in f for f in lines)
+
+
+def test_a_later_selection_finds_the_rows_on_disk_only_when_they_match(study):
+    """A study rerun with random rows added finds an earlier run's LLS point of the same seed,
+    but never one whose rows were sampled differently."""
+    out, cfg, res = study
+    lls = Path(res["arms"][0]["runs"][1])
+    want = json.loads((lls / "config.json").read_text())["config"]
+    want["data"]["select"] = "random"
+    points = out / "points" / "french"
+    assert _finished_point(points, "random", 1, "logit-kl", want) == lls
+    assert _finished_point(points, "random", 0, "logit-kl", want) is None  # another seed's rows
+    assert _finished_point(points, "random", 1, "logit-kl", {**want, "data": {
+        **want["data"], "n": want["data"]["n"] + 1}}) is None  # fmt: skip

@@ -33,6 +33,9 @@ from interp.core import rundir
 from interp.core.errors import SublensError
 from interp.vectors.steering import SteeringVector
 
+# a local Ray cluster and its worker processes: run alone (`make test` runs `serial` last)
+pytestmark = pytest.mark.serial
+
 ALPHAS = [0, 1, 2]  # 3 points: alpha 0 trains the control, the other two reuse it
 VOLATILE = ("run", "timings", "versions", "git_commit", "figures")  # paths, times, provenance
 

@@ -312,14 +312,14 @@ def _interrupt_at(monkeypatch, where: str, n: int) -> None:
 
         monkeypatch.setattr(train_mod, "_lr_lambda", lr_lambda)
     elif where == "progress":  # after the update, before a due periodic save: saved as step_N
-        real_tqdm = train_mod.tqdm
+        real_bar = train_mod.Progress
 
-        class Bar(real_tqdm):
+        class Bar(real_bar):
             def update(self, k=1):
                 tick()
                 return super().update(k)
 
-        monkeypatch.setattr(train_mod, "tqdm", Bar)
+        monkeypatch.setattr(train_mod, "Progress", Bar)
     elif where == "saving":  # inside a periodic save: the temp dir goes, latest stays
         real_save = train_mod.save_file
 
