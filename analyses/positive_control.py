@@ -508,7 +508,9 @@ def _curve_figure(results: dict[str, Any], out: Path) -> list[str]:
     if not arms:
         return []
     plt = pyplot()
-    fig, axes = plt.subplots(2, len(arms), figsize=(3.4 * len(arms), 5.2), squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(arms), figsize=(3.4 * len(arms), 5.2), squeeze=False, sharey="row"
+    )
     for j, a in enumerate(arms):
         top, bottom = axes[0][j], axes[1][j]
         for k, run in enumerate(a["runs"]):
