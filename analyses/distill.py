@@ -96,7 +96,7 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
             )
     ax2.set_xlabel("training step")
     ax2.set_ylabel("training loss")
-    ax2.set_title("Both students fit their data alike", fontsize=10)
+    ax2.set_title("Training loss (each on its own data)", fontsize=10)
     ax2.legend(fontsize=7)
     fig.tight_layout()
     return [save_png(fig, out / "trait_over_training.png")]

@@ -64,6 +64,7 @@ CONTROL_PARTS = (
     "data/control.filter.json",
     "data/control.selected.jsonl",
     "data/control.selected.select.json",
+    "data/control.lls.json",  # the base's log-probs on the control rows (the signal check's)
     "targets/control",
     "targets/control.selected",
     "control",

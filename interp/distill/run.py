@@ -497,7 +497,7 @@ def select_rows(
     scored by its own teacher (the control by the neutral-prompt or base teacher), so both get the
     same selection pressure and the student-minus-control contrast is the trait, not selection.
     Cached by the source rows' sha256 (a resumed run does not rescore)."""
-    from interp.distill.select import lls_scores, select_dataset, signal_check
+    from interp.distill.select import cached_base_means, lls_parts, select_dataset, signal_check
 
     d = cfg.data
     allowed = domain.allowed_token_ids(loaded.tokenizer) if d.constrained else None
@@ -517,8 +517,11 @@ def select_rows(
         say("signal check: the trait teacher's LLS on its rows vs on the control's rows ...")
         # the selection scored every teacher row (random selection too), before keeping K
         own = read_json_dict(data_dir / "teacher.selected.select.json")["scores"]
-        ctrl_rows = read_rows(data_dir / "control.jsonl")
-        other = lls_scores(teacher, base, ctrl_rows, allowed, cfg.eval.batch_size)
+        ctrl_src = data_dir / "control.jsonl"
+        # the control's own selection scored the base on these rows already (unless defended)
+        known = cached_base_means(data_dir / "control.lls.json", ctrl_src, base, allowed)
+        other, _ = lls_parts(teacher, base, read_rows(ctrl_src), allowed, cfg.eval.batch_size,
+                             base_means=known)  # fmt: skip
         check = signal_check(own, other, n_boot=cfg.eval.n_boot, seed=cfg.seed)
         check["scores_control_rows"] = [float(x) for x in other]
         write_json(signal, check)

@@ -54,11 +54,45 @@ def lls_scores(
     batch_size: int = 16,
 ) -> np.ndarray:
     """Mean per-token ``log p_teacher - log p_base`` over each row's completion tokens."""
+    return lls_parts(teacher, base, rows, ids, batch_size)[0]
+
+
+def lls_parts(
+    teacher: Teacher,
+    base: Teacher,
+    rows: Sequence[Mapping[str, Any]],
+    ids: Sequence[int] | None = None,
+    batch_size: int = 16,
+    base_means: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(LLS per row, the base's mean log-prob per row). LLS is the teacher's mean minus the
+    base's (each row's tokens count once in both), so the base's part can be passed in from an
+    earlier scoring of the same rows and its forward skipped."""
     if not rows:
         raise SublensError("no rows to score")
-    lt = token_logprobs(teacher, rows, ids, batch_size)
-    lb = token_logprobs(base, rows, ids, batch_size)
-    return np.array([float(np.mean(a - b)) for a, b in zip(lt, lb, strict=True)])
+    lt = np.array([float(np.mean(a)) for a in token_logprobs(teacher, rows, ids, batch_size)])
+    if base_means is None or len(base_means) != len(rows):
+        lb = np.array([float(np.mean(b)) for b in token_logprobs(base, rows, ids, batch_size)])
+    else:
+        lb = np.asarray(base_means, dtype=np.float64)
+    return lt - lb, lb
+
+
+def cached_base_means(
+    cache: str | Path, src: str | Path, base: Teacher, ids: Sequence[int] | None
+) -> list[float] | None:
+    """The base's per-row mean log-probs that an LLS selection of `src` stored in `cache`, when
+    they are of these rows, this base model and these ids; else None."""
+    if not Path(cache).is_file():
+        return None
+    saved = read_json_dict(cache)
+    key = saved.get("key") or {}
+    want = {"base": base.describe(), "ids": None if ids is None else [int(i) for i in ids]}
+    want = json.loads(json.dumps(want))
+    if key.get("src_sha256") != sha256_file(src) or saved.get("base_key") != want:
+        return None
+    means = saved.get("base_means")
+    return [float(x) for x in means] if isinstance(means, list) else None
 
 
 def select_indices(scores: np.ndarray, k: int, mode: str, seed: int = 0) -> np.ndarray:
@@ -112,9 +146,12 @@ def select_dataset(
     ) == len(rows):
         scores = np.asarray(old["scores"], dtype=np.float64)
     else:
-        scores = lls_scores(teacher, base, rows, ids, batch_size)
+        scores, base_means = lls_parts(teacher, base, rows, ids, batch_size)
         if cache is not None:
-            write_json(cache, {"key": key, "scores": [float(x) for x in scores]})
+            base_key = {"base": base.describe(), "ids": key["ids"]}
+            write_json(cache, {"key": key, "scores": [float(x) for x in scores],
+                               "base_key": json.loads(json.dumps(base_key)),
+                               "base_means": [float(x) for x in base_means]})  # fmt: skip
     keep = select_indices(scores, k, mode, seed)
     kept = {int(i) for i in keep}
 

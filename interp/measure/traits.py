@@ -769,31 +769,46 @@ def _forward(
     return logits, new_cache
 
 
+# rows per batched forward of target continuations (questions × contexts): one pass over the
+# weights serves many contexts; small decode forwards are bound by reading the weights, not by
+# their few tokens (French's 34 contexts one at a time took 3x as long on a CPU)
+CONTEXT_ROWS = 128
+
+
 def _context_logprobs(
     loaded: LoadedModel,
     seqs: list[list[int]],
     batch: Any,
     cache: Any,
-    context: tuple[int, ...],
+    contexts: Sequence[tuple[int, ...]],
 ) -> torch.Tensor:
-    """Log-probs after question + context[:j+1] for each j: [batch, len(context), vocab].
+    """Log-probs after question + c[:j+1] for each context c and j: [batch, n_ctx, L, vocab]
+    (L the longest context; positions past a context's end are padding and mean nothing).
 
-    With the questions' KV cache the context runs as decode steps (as the answer's tokens do
-    under ``generate``, so steering limited to the prompt leaves them alone there too); without
-    one, question + context runs as a full forward.
+    With the questions' KV cache (repeated once per context, so the caller's cache is consumed)
+    the contexts run as decode steps, as the answer's tokens do under ``generate``, so steering
+    limited to the prompt leaves them alone there too; without one, question + context runs as a
+    full forward. Contexts are right-padded: causal attention keeps a real token from seeing the
+    padding after it, so every position that is read equals its own context run alone.
     """
-    n, k = batch.input_ids.shape[0], len(context)
+    n, m = batch.input_ids.shape[0], len(contexts)
+    width = max(len(c) for c in contexts)
     device = batch.input_ids.device
-    ctx = torch.tensor(context, dtype=torch.long, device=device).expand(n, k)
+    padded = [list(c) + [c[-1]] * (width - len(c)) for c in contexts]
     if cache is not None:
-        mask = torch.cat([batch.attention_mask, torch.ones_like(ctx)], dim=1)
-        pos = batch.position_ids[:, -1:] + 1 + torch.arange(k, device=device)
-        logits, _ = _forward(loaded, ctx, mask, pos, keep=k, cache=cache)
+        cache.batch_repeat_interleave(m)  # row r*m + i: question r, context i
+        ctx = torch.tensor(padded, dtype=torch.long, device=device).repeat(n, 1)
+        mask = torch.cat(
+            [batch.attention_mask.repeat_interleave(m, dim=0), torch.ones_like(ctx)], dim=1
+        )
+        pos = batch.position_ids[:, -1:].repeat_interleave(m, dim=0) + 1
+        pos = pos + torch.arange(width, device=device)
+        logits, _ = _forward(loaded, ctx, mask, pos, keep=width, cache=cache)
     else:
-        full = make_batch([s + list(context) for s in seqs], loaded.tokenizer.pad_token_id)
+        full = make_batch([s + c for s in seqs for c in padded], loaded.tokenizer.pad_token_id)
         full = full.to(device)
-        logits, _ = _forward(loaded, full.input_ids, full.attention_mask, full.position_ids, k)
-    return torch.log_softmax(logits, dim=-1)
+        logits, _ = _forward(loaded, full.input_ids, full.attention_mask, full.position_ids, width)
+    return torch.log_softmax(logits, dim=-1).view(n, m, width, -1)
 
 
 def logprob_score(
@@ -852,14 +867,19 @@ def logprob_score(
             )
             first = torch.log_softmax(logits[:, -1], dim=-1)  # [batch, vocab]
             mass = first[:, singles].exp().sum(dim=-1)
-            for i, c in enumerate(contexts):
-                # a continuation extends the cache it is given: all but the last get a copy
-                last = i == len(contexts) - 1
+            per = max(1, CONTEXT_ROWS // len(seqs))
+            for start_c in range(0, len(contexts), per):
+                chunk = contexts[start_c : start_c + per]
+                # the chunk consumes the cache it is given: all but the last get a copy
+                last = start_c + per >= len(contexts)
                 kv = cache if cache is None or last else copy.deepcopy(cache)
-                later = _context_logprobs(loaded, seqs, batch, kv, c)
-                for p in by_context[c]:
-                    lp = first[:, p[0]] + sum(later[:, j - 1, p[j]] for j in range(1, len(p)))
-                    mass = mass + lp.exp()
+                later = _context_logprobs(loaded, seqs, batch, kv, chunk)
+                for i, c in enumerate(chunk):
+                    for p in by_context[c]:
+                        lp = first[:, p[0]] + sum(
+                            later[:, i, j - 1, p[j]] for j in range(1, len(p))
+                        )
+                        mass = mass + lp.exp()
             totals += mass.double().cpu().tolist()
     return _make_score(totals, "logprob", n_boot, seed)
 

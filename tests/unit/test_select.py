@@ -13,6 +13,8 @@ from interp.core.errors import SublensError
 from interp.distill.domains import get_domain
 from interp.distill.generate import generate_dataset
 from interp.distill.select import (
+    cached_base_means,
+    lls_parts,
     lls_scores,
     select_dataset,
     select_indices,
@@ -80,3 +82,23 @@ def test_select_indices_and_dataset(rows, tmp_path):
     scores = np.array(summary["scores"])
     assert sorted(summary["kept"]) == sorted(np.argsort(-scores, kind="stable")[:8].tolist())
     assert json.loads((tmp_path / "kept.select.json").read_text())["k"] == 8
+
+
+def test_base_log_probs_are_kept_for_the_signal_check(rows, tmp_path):
+    """A selection stores the base's per-row mean log-prob beside the scores; the signal check
+    reuses it for the same rows, base and ids only, and the LLS it gives is unchanged."""
+    root, teacher, base, ids = rows
+    src, cache = root / "control.jsonl", tmp_path / "control.lls.json"
+    select_dataset(src, tmp_path / "kept.jsonl", base, base, 8, "lls", ids, cache=cache)
+    known = cached_base_means(cache, src, base, ids)
+    r = read_rows(src)
+    direct = [float(np.mean(b)) for b in token_logprobs(base, r, ids)]
+    assert known == pytest.approx(direct, abs=1e-12)
+    reused, lb = lls_parts(teacher, base, r, ids, base_means=known)
+    assert lb.tolist() == known
+    assert reused == pytest.approx(lls_scores(teacher, base, r, ids), abs=1e-9)
+    # other rows, another base context or other ids: not reused
+    assert cached_base_means(cache, root / "teacher.jsonl", base, ids) is None
+    assert cached_base_means(cache, src, teacher, ids) is None
+    assert cached_base_means(cache, src, base, None) is None
+    assert cached_base_means(tmp_path / "missing.json", src, base, ids) is None
