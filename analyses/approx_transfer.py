@@ -115,7 +115,8 @@ class ATConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 12 prompts, kl-fit at one layer, a vector student, 3 seeds: sized for about 2 h on 2 cores
+    # 12 prompts, kl-fit at one layer, a vector student, 3 seeds: about 6 h on 2 cores, estimated
+    # from measured stage times (72 points of ~4.5 min; see the README); resumes point by point
     "quick": {},
     # two methods at three layers, more rows and steps, a LoRA student
     "full": {

@@ -45,14 +45,17 @@ def check_backends_agree(loaded, layers):
     batch = make_batch(seqs, loaded.tokenizer.pad_token_id)
     assert (batch.attention_mask == 0).any()  # padding really happens
     rows, cols = all_token_positions(seqs, batch.input_ids.shape[1])
+    # float32 rounding grows with the activations' size: Gemma 3's residual stream reaches 1e5,
+    # where padding vs no padding differs by a few ulps (0.012 at 34,611 on an AMD EPYC)
+    tol = BACKEND_TOL + 1e-6 * ref.abs().max().item()
     results = {}
     for name in BACKENDS:
         got = get_backend(name, loaded).residual(batch, layers, rows, cols).cpu()
         assert got.shape == ref.shape
         diff = (got - ref).abs().max().item()
-        assert diff <= BACKEND_TOL, f"{name} differs from output_hidden_states by {diff}"
+        assert diff <= tol, f"{name} differs from output_hidden_states by {diff} (tol {tol})"
         results[name] = got
-    assert (results["tl"] - results["nnsight"]).abs().max().item() <= BACKEND_TOL
+    assert (results["tl"] - results["nnsight"]).abs().max().item() <= tol
     return results
 
 

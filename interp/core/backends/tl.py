@@ -35,6 +35,11 @@ def hook_name(layer: int) -> str:
     return f"blocks.{layer}.hook_out"
 
 
+class _Stop(Exception):
+    """Raised by the deepest hook: the blocks after it, the final norm and the unembedding never
+    run (TL's ``stop_at_layer`` stops before a block, so at full depth it still unembeds)."""
+
+
 class TLBackend(Backend):
     name = "tl"
 
@@ -47,22 +52,27 @@ class TLBackend(Backend):
     ) -> torch.Tensor:
         self.check_width(batch)
         got: dict[int, torch.Tensor] = {}
+        last = max(layers)
 
         def make_hook(layer: int):
             def hook(tensor: torch.Tensor, *, hook) -> torch.Tensor:
                 got[layer] = tensor[rows, cols].float()
+                if layer == last:
+                    raise _Stop
                 return tensor
 
             return hook
 
         batch = batch.to(self.loaded.device)
         rows, cols = rows.to(self.loaded.device), cols.to(self.loaded.device)
-        with torch.no_grad():
-            self.bridge.run_with_hooks(
-                batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                fwd_hooks=[(hook_name(i), make_hook(i)) for i in sorted(set(layers))],
-                stop_at_layer=max(layers) + 1,
-            )
+        try:
+            with torch.no_grad():
+                self.bridge.run_with_hooks(
+                    batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    fwd_hooks=[(hook_name(i), make_hook(i)) for i in sorted(set(layers))],
+                )
+        except _Stop:
+            pass
         return torch.stack([got[i] for i in layers], dim=1)
