@@ -4,8 +4,8 @@ negative that matches the literature at this size.
 
 1. the French vector the positive arm's teacher is steered with: kl-fit at 0.3 of the depth
    (L9 of smollm2's 30) as in `sublens study positive-control`, on 24 prompts instead of 32
-   (approximability across prompts and methods is `sublens approximability`'s job: it made
-   the demo 13 min on 2 cores);
+   (approximability across prompts and methods is `sublens approximability`'s job, left out
+   to keep the demo near 10 minutes on 2 cores);
 2. two distillations with the positive control's recipe (LLS-selected constrained number rows,
    logit-KL over the digit tokens, a *vector student* — the base plus one trainable vector at
    that layer — and a neutral-prompt control trained identically, checkpoints every 5 steps):
@@ -93,8 +93,8 @@ def demo_configs(
 
 
 def _fit_line(vec_dir: Path, layer: int) -> str:
-    """How much of the French prompt's effect the vector reproduces on its own fit prompts (the
-    held-out figure, with a CI, is `sublens approximability`'s)."""
+    """The fit's own KL, first batch to last: a quick sign the vector took on the prompt's effect
+    (approximability on held-out prompts, with a CI, is `sublens approximability`'s)."""
     from interp.vectors.steering import SteeringVector
 
     loss = (SteeringVector.load(vec_dir).extra.get("history") or {}).get("loss") or []
