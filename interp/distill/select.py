@@ -78,6 +78,13 @@ def lls_parts(
     return lt - lb, lb
 
 
+def _base_key(base: Teacher, ids: Sequence[int] | None) -> dict[str, Any]:
+    """What the base's stored log-probs depend on besides the rows (JSON-normalised, to compare
+    with what a cache file holds)."""
+    key = {"base": base.describe(), "ids": None if ids is None else [int(i) for i in ids]}
+    return json.loads(json.dumps(key))
+
+
 def cached_base_means(
     cache: str | Path, src: str | Path, base: Teacher, ids: Sequence[int] | None
 ) -> list[float] | None:
@@ -87,9 +94,7 @@ def cached_base_means(
         return None
     saved = read_json_dict(cache)
     key = saved.get("key") or {}
-    want = {"base": base.describe(), "ids": None if ids is None else [int(i) for i in ids]}
-    want = json.loads(json.dumps(want))
-    if key.get("src_sha256") != sha256_file(src) or saved.get("base_key") != want:
+    if key.get("src_sha256") != sha256_file(src) or saved.get("base_key") != _base_key(base, ids):
         return None
     means = saved.get("base_means")
     return [float(x) for x in means] if isinstance(means, list) else None
@@ -148,9 +153,8 @@ def select_dataset(
     else:
         scores, base_means = lls_parts(teacher, base, rows, ids, batch_size)
         if cache is not None:
-            base_key = {"base": base.describe(), "ids": key["ids"]}
             write_json(cache, {"key": key, "scores": [float(x) for x in scores],
-                               "base_key": json.loads(json.dumps(base_key)),
+                               "base_key": _base_key(base, ids),
                                "base_means": [float(x) for x in base_means]})  # fmt: skip
     keep = select_indices(scores, k, mode, seed)
     kept = {int(i) for i in keep}

@@ -54,6 +54,11 @@ def make_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> Batch:
     return Batch(ids, mask, positions)
 
 
+class StopForward(Exception):
+    """Raised by the hook on the deepest requested block and caught by the backend: the blocks
+    after it, the final norm and the unembedding never run."""
+
+
 class Backend(ABC):
     """Reads residual-stream activations from one loaded model."""
 

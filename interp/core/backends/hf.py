@@ -6,11 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from interp.core.backends.base import Backend, Batch, decoder_layers, hidden_of
-
-
-class _Stop(Exception):
-    pass
+from interp.core.backends.base import Backend, Batch, StopForward, decoder_layers, hidden_of
 
 
 class HFBackend(Backend):
@@ -28,7 +24,7 @@ class HFBackend(Backend):
             def hook(_module, _inputs, output):
                 got[layer] = hidden_of(output)[rows, cols].float()
                 if layer == last:
-                    raise _Stop
+                    raise StopForward
 
             return hook
 
@@ -37,14 +33,14 @@ class HFBackend(Backend):
         rows, cols = rows.to(self.loaded.device), cols.to(self.loaded.device)
         try:
             with torch.no_grad():
-                # The hook on the deepest block raises _Stop, so the head never runs.
+                # The hook on the deepest block raises StopForward, so the head never runs.
                 self.loaded.model(
                     input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask,
                     position_ids=batch.position_ids,
                     use_cache=False,
                 )
-        except _Stop:
+        except StopForward:
             pass
         finally:
             for h in handles:

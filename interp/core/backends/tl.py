@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from interp.core.backends.base import Backend, Batch
+from interp.core.backends.base import Backend, Batch, StopForward
 from interp.core.models import LoadedModel
 
 
@@ -35,11 +35,6 @@ def hook_name(layer: int) -> str:
     return f"blocks.{layer}.hook_out"
 
 
-class _Stop(Exception):
-    """Raised by the deepest hook: the blocks after it, the final norm and the unembedding never
-    run (TL's ``stop_at_layer`` stops before a block, so at full depth it still unembeds)."""
-
-
 class TLBackend(Backend):
     name = "tl"
 
@@ -57,8 +52,8 @@ class TLBackend(Backend):
         def make_hook(layer: int):
             def hook(tensor: torch.Tensor, *, hook) -> torch.Tensor:
                 got[layer] = tensor[rows, cols].float()
-                if layer == last:
-                    raise _Stop
+                if layer == last:  # TL's stop_at_layer stops *before* a block: at full
+                    raise StopForward  # depth it would still run the norm and unembedding
                 return tensor
 
             return hook
@@ -73,6 +68,6 @@ class TLBackend(Backend):
                     position_ids=batch.position_ids,
                     fwd_hooks=[(hook_name(i), make_hook(i)) for i in sorted(set(layers))],
                 )
-        except _Stop:
+        except StopForward:
             pass
         return torch.stack([got[i] for i in layers], dim=1)
