@@ -1143,11 +1143,17 @@ def study_positive_control_cmd(
     trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = None,
+    cpus_per_point: CpusPerPoint = None,
+    gpus_per_point: GpusPerPoint = None,
 ) -> None:
     """A setting where transfer is expected: steered teacher, vector/LoRA students, LLS rows."""
+    from analyses.executor import make_executor
     from analyses.positive_control import make_config, run_positive_control
     from interp.core.parse import parse_names
 
+    runner = make_executor(executor, ray_address, cpus_per_point, gpus_per_point)
     cfg = make_config(
         preset, model=model, device=device, model_dtype=dtype,
         trust_remote_code=trust_remote_code, seeds=seeds, layer=layer, alpha=alpha, n=n,
@@ -1157,7 +1163,7 @@ def study_positive_control_cmd(
         selects=parse_names(selects) if selects else None,
         objectives=parse_names(objectives) if objectives else None,
     )  # fmt: skip
-    res = run_positive_control(cfg, output_path, overwrite=overwrite, quiet=quiet)
+    res = run_positive_control(cfg, output_path, overwrite=overwrite, quiet=quiet, executor=runner)
     for line in res["findings"]:
         typer.echo(line)
 
@@ -1167,7 +1173,7 @@ def study_approx_transfer_cmd(
     model: Model = "smollm2-135m",
     preset: Annotated[
         str,
-        typer.Option("--preset", help="quick (~6 h on 2 cores), full, or paper (one GPU)."),
+        typer.Option("--preset", help="quick (~2 h on 2 cores), full, or paper (one GPU)."),
     ] = "quick",
     traits: Annotated[
         str | None, typer.Option("--traits", help="Trait prompts (default: 12 built-ins).")
@@ -1176,6 +1182,9 @@ def study_approx_transfer_cmd(
     seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per point.")] = None,
     layers: Annotated[str | None, typer.Option("--layers", help="Layers for vectors.")] = None,
     n: SideRows = None,
+    select: Annotated[
+        str | None, typer.Option("--select", help="Rows trained on: lls, random or all.")
+    ] = None,
     select_top: SelectTop = None,
     max_steps: StudySteps = None,
     limit: StudyLimit = None,
@@ -1185,18 +1194,24 @@ def study_approx_transfer_cmd(
     trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = None,
+    cpus_per_point: CpusPerPoint = None,
+    gpus_per_point: GpusPerPoint = None,
 ) -> None:
     """Does a prompt's approximability predict how much of it transfers? (rho over prompts)"""
     from analyses.approx_transfer import make_config, run_approx_transfer
+    from analyses.executor import make_executor
     from interp.core.parse import parse_names
 
+    runner = make_executor(executor, ray_address, cpus_per_point, gpus_per_point)
     cfg = make_config(
         preset, model=model, device=device, model_dtype=dtype,
         trust_remote_code=trust_remote_code, seeds=seeds, layers=layers, student=student, n=n,
-        select_top=select_top, steps=max_steps, n_questions=limit,
+        select=select, select_top=select_top, steps=max_steps, n_questions=limit,
         traits=parse_names(traits) if traits else None,
     )  # fmt: skip
-    res = run_approx_transfer(cfg, output_path, overwrite=overwrite, quiet=quiet)
+    res = run_approx_transfer(cfg, output_path, overwrite=overwrite, quiet=quiet, executor=runner)
     typer.echo(res["verdict"])
 
 
@@ -1398,10 +1413,17 @@ def defend_cmd(
     trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = None,
+    cpus_per_point: CpusPerPoint = None,
+    gpus_per_point: GpusPerPoint = None,
 ) -> None:
     """The same distillation once per defense: transfer ratio, reduction vs none, and cost."""
     from analyses.defend import run_defend, summary_lines
+    from analyses.executor import make_executor
     from interp.distill.config import Overrides
+
+    runner = make_executor(executor, ray_address, cpus_per_point, gpus_per_point)
 
     flags = Overrides(
         model=model, trait=trait, device=device, dtype=dtype,
@@ -1426,6 +1448,7 @@ def defend_cmd(
         n_boot=n_boot,
         overwrite=overwrite,
         quiet=quiet,
+        executor=runner,
     )
     _echo_lines(summary_lines(res))
     typer.echo(f"report: {Path(res['run']) / 'report.md'}")

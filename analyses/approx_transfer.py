@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from analyses.executor import Executor, Point, Prefill, executor_of, raise_failures
 from analyses.figures import ci_of, fmt_num, pyplot, save_png
 from analyses.reporting import output_dir, provenance
 from analyses.studies import (
@@ -41,8 +42,6 @@ from analyses.studies import (
     NEUTRAL_PROMPT,
     base_config,
     point_config,
-    prefill_point,
-    run_point,
     say_fn,
     seed_stats,
 )
@@ -78,6 +77,7 @@ class ATConfig:
     # distillation: the positive control's recipe (analyses.positive_control)
     student: str = "vector"
     n: int = 96
+    select: str = "lls"  # "all": train on every kept row (no LLS passes)
     select_top: int = 64
     max_new_tokens: int = 16
     steps: int | None = 24
@@ -107,7 +107,9 @@ class ATConfig:
         for name in self.traits:
             if not get_trait(name).system_prompt:
                 raise SublensError(f"trait {name!r} has no trait prompt: give one with a prompt")
-        if not 0 < self.select_top <= self.n:
+        if self.select not in ("lls", "random", "all"):
+            raise SublensError(f"unknown row selection {self.select!r}: use lls, random or all")
+        if self.select != "all" and not 0 < self.select_top <= self.n:
             raise SublensError(f"select_top {self.select_top} must lie in 1..n ({self.n})")
         if min_attainable_p(self.n_permutations) > LEVEL / 2:
             raise SublensError(f"n_permutations {self.n_permutations} is too few: use 9999")
@@ -115,10 +117,11 @@ class ATConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 12 prompts, kl-fit at one layer, a vector student, 3 seeds: about 6 h on 2 cores, estimated
-    # from measured stage times (72 points of ~4.5 min; see the README); resumes point by point
-    "quick": {},
-    # two methods at three layers, more rows and steps, a LoRA student
+    # 12 prompts, kl-fit at one layer, a vector student on all 32 rows (the positive control found
+    # LLS no stronger than random rows, and its two passes are a third of a point), 16 steps of 4
+    # (the demo's budget, where French transferred): about 2 h on 2 cores (see the README)
+    "quick": {"n": 32, "select": "all", "steps": 16, "batch_size": 4},
+    # two methods at three layers, more rows and steps, LLS rows, a LoRA student
     "full": {
         "layers": "6,9,15",
         "methods": "diff-mean,kl-fit",
@@ -207,9 +210,10 @@ def run_approx_transfer(
     output_path: str | Path | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    executor: Executor | str | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) approximability and every prompt × teacher × seed; write results.json,
-    report.md and the two figures."""
+    """Run (or resume) approximability and every prompt × teacher × seed (on `executor`: local
+    or Ray, `analyses.executor`); write results.json, report.md and the two figures."""
     from interp.core.models import load_model
 
     cfg.check()
@@ -228,7 +232,8 @@ def run_approx_transfer(
         "trust_remote_code": cfg.trust_remote_code,
         "data.n": cfg.n, "data.max_new_tokens": cfg.max_new_tokens, "data.batch_size": 32,
         "data.control_system_prompt": NEUTRAL_PROMPT,
-        "data.select": "lls", "data.select_top": cfg.select_top,
+        "data.select": cfg.select,
+        "data.select_top": cfg.select_top if cfg.select != "all" else None,
         "train.objective": "logit-kl", "train.optimizer": "adamw", "train.weight_decay": 0.0,
         "train.max_steps": cfg.steps, "train.epochs": cfg.epochs, "train.dtype": cfg.dtype,
         "train.batch_size": cfg.batch_size, "train.checkpoint_every": cfg.checkpoint_every,
@@ -236,13 +241,15 @@ def run_approx_transfer(
         "eval.n_questions": cfg.n_questions, "eval.n_boot": cfg.n_boot,
         "eval.control_curve": False,  # the verdicts read the control's final checkpoint
     }, preset="full")  # fmt: skip
-    rows: list[dict[str, Any]] = []
     # (seed, the vector student's layer) -> the first point, whose control the others reuse: a
     # control trained at another layer is another control
-    control_of: dict[tuple[int, int | None], Path] = {}
+    control_of: dict[tuple[int, int | None], tuple[str, str]] = {}
+    points: list[Point] = []
+    grid: dict[tuple[str, str], list[str]] = {}
+    rows: list[dict[str, Any]] = []
     for trait in cfg.traits:
         best = best_vector(approx, trait)
-        row: dict[str, Any] = {"trait": trait, **best, "teachers": {}}
+        rows.append({"trait": trait, **best, "teachers": {}})
         for kind in TEACHERS:
             teacher = {"teacher.kind": "prompted", "teacher.vector": None,
                        "teacher.layers": None, "teacher.alpha": 1.0}  # fmt: skip
@@ -253,25 +260,30 @@ def run_approx_transfer(
                     "teacher.layers": [best["layer"]],
                     "teacher.alpha": best["alpha"],
                 }
-            runs = []
             for seed in range(cfg.seeds):
-                pdir = out / "points" / trait / kind / f"seed_{seed}"
-                pc = point_config(base, pdir, seed=seed, trait=trait, **teacher,
+                pid = f"{trait}/{kind}/seed_{seed}"
+                pc = point_config(base, out / "points" / pid, seed=seed, trait=trait, **teacher,
                                   **_student_changes(cfg, best["layer"]))  # fmt: skip
                 key = (seed, best["layer"] if cfg.student == "vector" else None)
-                first = control_of.get(key)
-                if first is not None and not overwrite:
-                    same_trait = first.parent.parent.name == trait
-                    scores = ("base", "control") if same_trait else ()
-                    prefill_point(first, pdir, pc, CONTROL_PARTS, scores)
-                t0 = time.perf_counter()
-                res, reused = run_point(pc, overwrite, quiet)
-                control_of.setdefault(key, pdir)
-                took = "reused" if reused else f"{time.perf_counter() - t0:.0f} s"
-                say(f"[{trait} {kind} seed {seed}] {took}")
-                runs.append(res)
+                prefill = None
+                if key in control_of:
+                    src, src_trait = control_of[key]
+                    # the base's and the control's scores are per trait
+                    scores = ("base", "control") if src_trait == trait else ()
+                    prefill = Prefill(src, CONTROL_PARTS, scores, what="control")
+                else:
+                    control_of[key] = (pid, trait)
+                points.append(Point(pid, pc, f"{trait} {kind} seed {seed}", prefill))
+                grid.setdefault((trait, kind), []).append(pid)
+    runner = executor_of(executor)
+    say(f"{len(points)} points ({len(cfg.traits)} prompts x {len(TEACHERS)} teachers x "
+        f"{cfg.seeds} seeds) on the {runner.name} executor")  # fmt: skip
+    outcomes = runner.run(points, overwrite=overwrite, quiet=quiet, say=say)
+    raise_failures(outcomes)
+    for row in rows:
+        for kind in TEACHERS:
+            runs = [outcomes[pid].results or {} for pid in grid[(row["trait"], kind)]]
             row["teachers"][kind] = _summarise(runs, cfg)
-        rows.append(row)
     tests = correlations(rows, cfg)
     results: dict[str, Any] = {
         "analysis": "approximability-transfer",
@@ -281,7 +293,21 @@ def run_approx_transfer(
         "correlations": tests,
         "verdict": verdict(rows, tests),
         **provenance(),
-        "timings": {"total_s": round(time.perf_counter() - t_start, 1)},
+        "timings": {
+            "total_s": round(time.perf_counter() - t_start, 1),
+            # wall time of the points this call ran (not those read back), and where they ran
+            "points_s": round(sum(o.seconds for o in outcomes.values() if not o.reused), 1),
+            "executor": runner.name,
+            # what the whole study cost, also the parts an earlier (interrupted) call ran
+            "approximability_s": (approx.get("timings") or {}).get("traits_s"),
+            "points_compute_s": round(
+                sum(
+                    float(((o.results or {}).get("timings") or {}).get("total_s") or 0.0)
+                    for o in outcomes.values()
+                ),
+                1,
+            ),
+        },
     }
     figs = write_figures(results, out)
     results["figures"] = figs

@@ -5,6 +5,8 @@ resumable run (`interp.distill.run`) in ``OUT/defenses/<name>/seed_<s>/`` with t
 a run-config option (`interp.detect.defenses` says what each does). The `none` run of a seed
 goes first; its data, teacher log-probs and base / teacher trait scores are hard-linked into the
 other defenses' runs (`analyses.studies.prefill_point`), so the teacher samples once per seed.
+The runs are points of `analyses.executor` (local or Ray), in two rounds: drop-flagged's config
+holds the flags of a scan of `none`'s rows, so it is built once those rows exist.
 Each defended run trains its own control the same way (same defense), as `sublens distill run`
 does, except drop-flagged, which leaves the control's data alone and so shares `none`'s control.
 
@@ -42,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from analyses.executor import Executor, Point, Prefill, executor_of, raise_failures
 from analyses.figures import fmt_num, pyplot, save_png
 from analyses.reporting import figure_links, output_dir, provenance, timings_line
 from interp.core.errors import SublensError
@@ -77,9 +80,7 @@ from .studies import (
     gate_ratio,
     interval,
     point_config,
-    prefill_point,
     resample_counts,
-    run_point,
     say_fn,
     stack_seeds,
     summarise_point,
@@ -309,11 +310,12 @@ def run_defend(
     n_boot: int = 2000,
     overwrite: bool = False,
     quiet: bool = False,
+    executor: Executor | str | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) one distillation per defense and seed; write results.json, table.md,
-    report.md and defend.png into `output_path` (default: `analyses.reporting.default_output`).
-    `defenses` None: every defense, project-out only when `vectors` are given. Returns the
-    results."""
+    """Run (or resume) one distillation per defense and seed (on `executor`: local or Ray);
+    write results.json, table.md, report.md and defend.png into `output_path` (default:
+    `analyses.reporting.default_output`). `defenses` None: every defense, project-out only when
+    `vectors` are given. Returns the results."""
     from interp.detect.costs import heldout_text
     from interp.distill.run import load_base
     from interp.distill.train import init_model, load_student
@@ -384,41 +386,60 @@ def run_defend(
         bs,
     )
 
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names if n not in unavailable}
+    active = [n for n in names if n not in unavailable]
+
+    def point(name: str, seed: int, flags: dict[str, Any] | None = None) -> Point:
+        over = {"seed": seed, **defense_overrides(name, vecs, sgd_lr, mask_q, init_from, flags)}
+        cfg = point_config(base, out / "defenses" / name / f"seed_{seed}", **over)
+        prefill = None
+        if name != "none":  # the none run's data, teacher log-probs and scores of this seed
+            shares = name == "drop-flagged"  # it leaves the control's data alone: same control
+            parts = DATA_PARTS + (("control",) if shares else ())
+            scores = ("base", "teacher") + (("control",) if shares else ())
+            prefill = Prefill(f"none/seed_{seed}", parts, scores, what="data")
+        return Point(f"{name}/seed_{seed}", cfg, f"{name}, seed {seed}", prefill)
+
+    # round 1: every defense but drop-flagged, whose config needs a scan of none's finished rows
+    runner = executor_of(executor)
+    first = [point(n, s) for s in seed_list for n in active if n != "drop-flagged"]
+    say(f"{len(first)} runs on the {runner.name} executor")
+    outcomes = runner.run(first, overwrite=overwrite, quiet=quiet, say=say)
+    raise_failures(outcomes)
+    if "drop-flagged" in active:
+        second = []
+        for seed in seed_list:
+            pn = out / "defenses" / "none" / f"seed_{seed}"
+            say(f"scanning the teacher's data of seed {seed} ...")
+            flags = scan_rows(
+                pn / "data" / "teacher.jsonl",
+                pn / "data" / "control.jsonl",
+                base.model,
+                out / "scan" / f"seed_{seed}",
+                vecs,
+                seed,
+                base.device,
+                scan_permutations,
+                quiet,
+                overwrite,
+                dtype=base.dtype,
+                trust_remote_code=base.trust_remote_code,
+            )
+            second.append(point("drop-flagged", seed, flags))
+        got = runner.run(second, overwrite=overwrite, quiet=quiet, say=say, done=outcomes)
+        raise_failures(got)
+        outcomes.update(got)
+
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in active}
     costs: dict[str, list[dict[str, Any]]] = {n: [] for n in runs}
     reused: dict[str, list[bool]] = {n: [] for n in runs}
     notes: dict[str, list[dict[str, Any]]] = {n: [] for n in runs}
     timings: dict[str, float] = {}
     for seed in seed_list:
-        first = out / "defenses" / "none" / f"seed_{seed}"
         for name in runs:
-            pdir = out / "defenses" / name / f"seed_{seed}"
+            got = outcomes[f"{name}/seed_{seed}"]
+            pdir = Path(got.run_dir)
+            res = got.results or {}
             t = timer()
-            flags = None
-            if name == "drop-flagged":
-                say(f"scanning the teacher's data of seed {seed} ...")
-                flags = scan_rows(
-                    first / "data" / "teacher.jsonl",
-                    first / "data" / "control.jsonl",
-                    base.model,
-                    out / "scan" / f"seed_{seed}",
-                    vecs,
-                    seed,
-                    base.device,
-                    scan_permutations,
-                    quiet,
-                    overwrite,
-                    dtype=base.dtype,
-                    trust_remote_code=base.trust_remote_code,
-                )
-            over = {"seed": seed, **defense_overrides(name, vecs, sgd_lr, mask_q, init_from, flags)}
-            cfg = point_config(base, pdir, **over)
-            if name != "none" and not overwrite:
-                parts = DATA_PARTS + (("control",) if name == "drop-flagged" else ())
-                scores = ("base", "teacher") + (("control",) if name == "drop-flagged" else ())
-                prefill_point(first, pdir, cfg, parts, scores)
-            say(f"{name}, seed {seed} ...")
-            res, was = run_point(cfg, overwrite=overwrite, quiet=quiet)
             student = load_student(loaded, pdir / "student")
             cost, cost_reused = model_costs(
                 student,
@@ -432,9 +453,10 @@ def run_defend(
             del student
             runs[name].append(res)
             costs[name].append(cost)
-            reused[name].append(bool(was and cost_reused))
+            reused[name].append(bool(got.reused and cost_reused))
             notes[name].append(_run_note(name, res, pdir))
-            timings[f"{name}/seed_{seed}_s"] = t()
+            # the run's wall time where it ran, plus its costs scored here
+            timings[f"{name}/seed_{seed}_s"] = round(got.seconds + t(), 1)
 
     results = summarise_defenses(
         runs, costs, base_cost, notes, unavailable, names, max_task_cost, max_ppl_cost, n_boot

@@ -25,9 +25,9 @@ torch thread count: CPU reductions split across threads round differently, so a 
   (`raise_failures`). A point whose source failed runs without the prefill (it computes the
   shared stages itself: the same numbers). Progress: one line per finished point with its time.
 
-A study adopts an executor in three steps (done in `transfer_ratio` and `optimizer_ablation`;
-`positive_control`, `approx_transfer`, `defend` and `scan_eval` still loop over `run_point`
-themselves and take no `executor=` yet): (1) add ``executor: Executor | str | None = None`` to
+A study adopts an executor in three steps (done in `transfer_ratio`, `optimizer_ablation`,
+`positive_control`, `approx_transfer` and `defend`; `scan_eval` trains nothing and still runs its
+datasets and scans in one process): (1) add ``executor: Executor | str | None = None`` to
 its ``run_*`` function and the CLI's ``--executor/--ray-address/--cpus-per-point/
 --gpus-per-point`` (`make_executor`); (2) turn its loop into a list of `Point` objects, each
 ``prefill_point(first, pdir, cfg, parts, scores)`` becoming
@@ -60,13 +60,17 @@ Say = Callable[[str], None]
 @dataclasses.dataclass(frozen=True)
 class Prefill:
     """Seed a point with the finished stages of point `source` (`studies.prefill_point`):
-    the files `parts` and the `scores` entries of eval/scores.json; `what` names them in the
-    progress line ("control", "data")."""
+    the files `parts` but those matching `exclude`, and the `scores` entries of
+    eval/scores.json; `what` names them in the progress line ("control", "data"). `source` is a
+    point id of the grid (a dependency), or, with `outside`, a label for the finished run
+    directory `outside` that an earlier call of the study left (no dependency)."""
 
     source: str
     parts: tuple[str, ...]
     scores: tuple[str, ...] = ()
     what: str = "stages"
+    exclude: tuple[str, ...] = ()
+    outside: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Point:
         return self.label or self.id
 
     def depends_on(self) -> tuple[str, ...]:
-        src = (self.prefill.source,) if self.prefill else ()
+        src = (self.prefill.source,) if self.prefill and self.prefill.outside is None else ()
         return tuple(dict.fromkeys((*src, *self.after)))
 
 
@@ -159,6 +163,8 @@ def _source(point: Point, done: Mapping[str, Outcome], overwrite: bool) -> str |
     """The run directory to prefill `point` from: its source's, once that finished well."""
     if point.prefill is None or overwrite:
         return None
+    if point.prefill.outside is not None:
+        return point.prefill.outside
     got = done.get(point.prefill.source)
     return got.run_dir if got is not None and got.ok else None
 
@@ -178,7 +184,9 @@ def execute_point(
     prefilled = False
     if source is not None and point.prefill is not None and not overwrite:
         pf = point.prefill
-        prefilled = prefill_point(Path(source), point.run_dir, point.cfg, pf.parts, pf.scores)
+        prefilled = prefill_point(
+            Path(source), point.run_dir, point.cfg, pf.parts, pf.scores, pf.exclude
+        )
         if prefilled and say is not None:
             say(f"{point.name}: {pf.what} reused from {source}")
     if say is not None:

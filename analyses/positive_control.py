@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from analyses.executor import Executor, Point, Prefill, executor_of, raise_failures
 from analyses.figures import ci_of, fmt_num, pyplot, save_png
 from analyses.reporting import output_dir, provenance
 from analyses.studies import (
     NEUTRAL_PROMPT,
     base_config,
     point_config,
-    prefill_point,
-    run_point,
     say_fn,
     seed_stats,
 )
@@ -270,8 +269,10 @@ def run_positive_control(
     output_path: str | Path | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    executor: Executor | str | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every arm × seed; write results.json, report.md and figures."""
+    """Run (or resume) every arm × seed (on `executor`: local or Ray, `analyses.executor`);
+    write results.json, report.md and figures."""
     from interp.core.models import load_model
 
     cfg.check()
@@ -295,21 +296,23 @@ def run_positive_control(
         "eval.n_questions": cfg.n_questions, "eval.n_boot": cfg.n_boot,
         "eval.control_curve": False,  # the verdicts read the control's final checkpoint
     }, preset="full")  # fmt: skip
-    arms: list[dict[str, Any]] = []
     alphas: dict[str, float] = {}
+    points: list[Point] = []
+    arm_points: list[tuple[str, str, str, str, list[str]]] = []
     for trait in cfg.traits:
         say(f"[{trait}] teacher vector (kl-fit, layer {layer}) ...")
         vdir = _vector(cfg, trait, layer, out, quiet)
         alphas[trait] = _auto_alpha(cfg, trait, vdir, layer, out, say)
-        # the first finished point of each (select, seed, objective): later arms reuse its stages
-        first: dict[tuple[str, int, str], Path] = {}
+        # the first point of each (select, seed, objective): later arms reuse its stages
+        first: dict[tuple[str, int, str], str] = {}
         for select in cfg.selects:
             for objective in cfg.objectives:
                 for student in cfg.students:
                     arm = _arm_dir(student, select, objective)
-                    runs = []
+                    ids = []
                     for seed in range(cfg.seeds):
-                        pdir = out / "points" / trait / arm / f"seed_{seed}"
+                        pid = f"{trait}/{arm}/seed_{seed}"
+                        pdir = out / "points" / pid
                         pc = point_config(
                             base, pdir, seed=seed, trait=trait,
                             **{"teacher.vector": str(vdir), "teacher.alpha": alphas[trait]},
@@ -322,21 +325,32 @@ def run_positive_control(
                         other = next(
                             (first[k] for k in first
                              if k[0] != select and k[1] == seed and k[2] == objective), None
-                        ) or _finished_point(out / "points" / trait, select, seed, objective,
-                                             pc.to_dict())  # fmt: skip
+                        )  # fmt: skip
+                        earlier = None if src or other else _finished_point(
+                            out / "points" / trait, select, seed, objective, pc.to_dict()
+                        )  # fmt: skip
+                        prefill = None
                         if src is not None:
                             parts = ("data", "targets") if own else ("data",)
-                            prefill_point(src, pdir, pc, parts, ("base", "teacher"))
-                        elif other is not None:
-                            prefill_point(other, pdir, pc, ("data",), ("base", "teacher"),
-                                          exclude=("*.selected.jsonl",))  # fmt: skip
-                        t0 = time.perf_counter()
-                        res, reused = run_point(pc, overwrite, quiet)
-                        first.setdefault((select, seed, objective), pdir)
-                        took = "reused" if reused else f"{time.perf_counter() - t0:.0f} s"
-                        say(f"[{trait} {arm} seed {seed}] {took}")
-                        runs.append(res)
-                    arms.append(_summarise_arm(trait, student, select, runs, cfg, objective))
+                            prefill = Prefill(src, parts, ("base", "teacher"), what="data")
+                        elif other is not None or earlier is not None:
+                            prefill = Prefill(
+                                other or str(earlier), ("data",), ("base", "teacher"),
+                                what="rows", exclude=("*.selected.jsonl",),
+                                outside=None if other else str(earlier),
+                            )  # fmt: skip
+                        points.append(Point(pid, pc, f"{trait} {arm} seed {seed}", prefill))
+                        first.setdefault((select, seed, objective), pid)
+                        ids.append(pid)
+                    arm_points.append((trait, student, select, objective, ids))
+    runner = executor_of(executor)
+    say(f"{len(points)} points on the {runner.name} executor")
+    outcomes = runner.run(points, overwrite=overwrite, quiet=quiet, say=say)
+    raise_failures(outcomes)
+    arms: list[dict[str, Any]] = []
+    for trait, student, select, objective, ids in arm_points:
+        runs = [outcomes[i].results or {} for i in ids]
+        arms.append(_summarise_arm(trait, student, select, runs, cfg, objective))
     results: dict[str, Any] = {
         "analysis": "positive-control",
         "config": asdict(cfg),
@@ -346,7 +360,12 @@ def run_positive_control(
         "lls_vs_random": lls_vs_random(arms),
         "findings": findings(arms, cfg),
         **provenance(),
-        "timings": {"total_s": round(time.perf_counter() - t_start, 1)},
+        "timings": {
+            "total_s": round(time.perf_counter() - t_start, 1),
+            # wall time of the points this call ran (not those read back), and where they ran
+            "points_s": round(sum(o.seconds for o in outcomes.values() if not o.reused), 1),
+            "executor": runner.name,
+        },
     }
     for a in arms:
         a.pop("_reps", None)  # replicates: used above, not kept

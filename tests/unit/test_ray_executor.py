@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -249,3 +250,103 @@ def test_loss_matching_retries_run_in_rounds(study):
     assert (pts / "sgd/seed_0_steps4" / raw).stat().st_ino == (
         pts / "adamw/seed_0" / raw
     ).stat().st_ino
+
+
+def _without_volatile(res):
+    return {k: v for k, v in res.items() if k not in (*VOLATILE, "config")}
+
+
+def _strip_runs(x):
+    """Nested results with run paths left out (the two executors write to different dirs)."""
+    if isinstance(x, dict):
+        return {k: _strip_runs(v) for k, v in x.items() if k not in ("runs", "run", "vector")}
+    if isinstance(x, list):
+        return [_strip_runs(v) for v in x]
+    return x
+
+
+def test_approximability_transfer_on_ray_equals_the_local_study(tiny, ray_cluster, tmp_path):
+    """The central-claim study's grid (3 prompts x 2 teachers, one shared control) on Ray: the
+    same rho, ratios and verdict as in this process, the control trained once."""
+    from analyses.approx_transfer import make_config, run_approx_transfer
+
+    cfg = make_config(
+        "quick", model="tiny-llama", device="cpu", traits=["owl", "french", "sad"], seeds=1,
+        layers="1", n_fit=6, n_heldout=4, n_general=4, kl_steps=2, approx_alphas=[0.0, 2.0],
+        n=12, steps=3, n_questions=4, n_boot=100, n_permutations=199,
+    )  # fmt: skip
+    local = run_approx_transfer(cfg, tmp_path / "local", quiet=True)
+    # approximability runs in the calling process on either executor: reuse it, run the grid again
+    skip = shutil.ignore_patterns("points", "results.json", "report.md", "*.png")
+    shutil.copytree(tmp_path / "local", tmp_path / "ray", ignore=skip)
+    ray_res = run_approx_transfer(
+        cfg, tmp_path / "ray", quiet=True, executor=RayExecutor(cpus_per_point=1)
+    )
+    assert ray_res["timings"]["executor"] == "ray" and local["timings"]["executor"] == "local"
+    assert _strip_runs(_without_volatile(ray_res)) == _strip_runs(_without_volatile(local))
+    pts = tmp_path / "ray" / "points"
+    ck = sorted(pts.glob("*/*/seed_0/control/checkpoints/*/*.safetensors"))
+    assert len(ck) == 6 * 2 and len({p.stat().st_ino for p in ck}) == 2  # steps 0 and 3, once
+
+
+def test_positive_control_on_ray_reuses_rows_from_an_earlier_call(tiny, ray_cluster, tmp_path):
+    """A positive-control study run with LLS rows, then again with random rows too, on Ray: the
+    random arm's rows come from the earlier call's finished points (a prefill from outside the
+    grid), and its numbers equal the same two calls in this process."""
+    from analyses.positive_control import make_config, run_positive_control
+
+    def cfg(selects):
+        return make_config(
+            "quick", model="tiny-llama", device="cpu", traits=["french"], students=["vector"],
+            selects=selects, seeds=1, layer=1, alpha=2.0, n=12, select_top=6, steps=2,
+            n_questions=4, n_boot=100, fit_prompts=6, fit_steps=2,
+        )  # fmt: skip
+
+    got = {}
+    for name, ex in (("local", LocalExecutor()), ("ray", RayExecutor(cpus_per_point=1))):
+        run_positive_control(cfg(["lls"]), tmp_path / name, quiet=True, executor=ex)
+        got[name] = run_positive_control(cfg(["lls", "random"]), tmp_path / name, quiet=True,
+                                         executor=ex)  # fmt: skip
+    assert got["ray"]["timings"]["executor"] == "ray"
+    assert _strip_runs(got["ray"]["arms"]) == _strip_runs(got["local"]["arms"])
+    arm = tmp_path / "ray" / "points" / "french"
+    # the generated rows were linked, not regenerated (the filtered copy is re-derived per point)
+    rows = [
+        arm / a / "seed_0" / "data" / "teacher.raw.jsonl" for a in ("vector-lls", "vector-random")
+    ]
+    assert rows[0].stat().st_ino == rows[1].stat().st_ino
+
+
+def test_defend_on_ray_equals_the_local_study(tiny, ray_cluster, tmp_path, monkeypatch):
+    """Defenses on Ray, in two rounds (drop-flagged's config holds a scan of none's rows): the
+    same table as in this process; drop-flagged shares none's control, trained once."""
+    import types
+
+    from analyses.defend import run_defend
+
+    def run_scan(data, model, output_path, trait_vectors=None, reference=None, **kw):
+        n = sum(1 for line in Path(data).read_text().splitlines() if line.strip())
+        Path(output_path).mkdir(parents=True, exist_ok=True)
+        with open(Path(output_path) / "rows.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"index": i, "score": float(i), "flagged": i % 3 == 0}) + "\n")
+        return {"rows_path": str(Path(output_path) / "rows.jsonl")}
+
+    monkeypatch.setitem(sys.modules, "analyses.scan", types.SimpleNamespace(run_scan=run_scan))
+    (tmp_path / "run.toml").write_text(tiny_run_toml(optimizer="adamw", n=8, max_steps=2))
+    kw = dict(config_path=tmp_path / "run.toml", preset="full", heldout_n=4, n_boot=100,
+              seeds=1, quiet=True)  # fmt: skip
+    names = "none,mask-divergent,drop-flagged"
+    local = run_defend(names, output_path=tmp_path / "local", executor=LocalExecutor(), **kw)
+    ray_res = run_defend(
+        names, output_path=tmp_path / "ray", executor=RayExecutor(cpus_per_point=1), **kw
+    )
+
+    def same(res, name):  # the notes name files in each study's own directory
+        return json.loads(json.dumps(res["defenses"]).replace(str(tmp_path / name), "OUT"))
+
+    assert same(ray_res, "ray") == same(local, "local")
+    assert ray_res["recommendation"] == local["recommendation"]
+    d = tmp_path / "ray" / "defenses"
+    ck = "control/checkpoints/latest"
+    assert (d / "drop-flagged/seed_0" / ck).stat().st_ino == (d / "none/seed_0" / ck).stat().st_ino
