@@ -303,12 +303,16 @@ def run_distillation(
     gen = VllmGenerator(loaded, seed=cfg.seed) if d.engine == "vllm" else None
     for name, t in (("teacher", teacher), ("control", control_teacher)):
         t0 = time.perf_counter()
-        say(f"[{name}] generating {d.n} {domain.name} rows ({t.kind} teacher, {d.engine}) ...")
+        raw = data_dir / f"{name}.raw.jsonl"
+        if raw.exists():  # finished earlier, or hard-linked from a sibling point: not sampled again
+            say(f"[{name}] {domain.name} rows generated earlier, reused ({raw.name})")
+        else:
+            say(f"[{name}] generating {d.n} {domain.name} rows ({t.kind} teacher, {d.engine}) ...")
         generate_dataset(
             t,
             domain,
             d.n,
-            data_dir / f"{name}.raw.jsonl",
+            raw,
             seed=cfg.seed,
             batch_size=d.batch_size,
             max_new_tokens=d.max_new_tokens,
