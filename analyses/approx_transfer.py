@@ -492,6 +492,11 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
 def render_report(results: dict[str, Any], figures: list[str] | None = None) -> str:
     cfg = results["config"]
     figures = results.get("figures", []) if figures is None else figures
+    rows = {
+        "all": f"all {cfg['n']} rows",
+        "lls": f"LLS top {cfg['select_top']} of {cfg['n']} rows",
+        "random": f"a random {cfg['select_top']} of {cfg['n']} rows",
+    }[cfg.get("select", "lls")]
     lines = [
         f"# Approximability vs transfer on {cfg['model']}",
         "",
@@ -500,7 +505,7 @@ def render_report(results: dict[str, Any], figures: list[str] | None = None) -> 
         f"Per prompt: the best vector ({cfg['methods']} at layers {results['layers']}) chosen on "
         "fit prompts, its approximability on held-out numbers prompts; then a "
         f"{cfg['student']} student distilled from the prompted teacher and from the teacher "
-        f"steered with that vector (LLS top {cfg['select_top']} of {cfg['n']} rows, logit-KL over "
+        f"steered with that vector ({rows}, logit-KL over "
         f"the domain's tokens, {cfg['steps'] or str(cfg['epochs']) + ' epoch(s)'} steps of "
         f"{cfg['batch_size']}), {cfg['seeds']} seeds, one neutral-prompt control per seed. CIs "
         "bootstrap seeds, then questions; a ratio is shown only over a resolved teacher gain.",

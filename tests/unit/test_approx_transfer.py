@@ -123,6 +123,7 @@ def test_study_on_tiny_llama(study):
     assert set(res["correlations"]) == {"prompted", "steered"}
     report = (out / "report.md").read_text()
     assert res["verdict"] in report and "| owl |" in report and "## Rank correlation" in report
+    assert "(all 16 rows," in report and "LLS" not in report  # quick trains on every row
     assert (out / "approximability_vs_transfer.png").is_file()
     assert (out / "prompted_vs_steered.png").is_file()
 

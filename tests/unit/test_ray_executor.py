@@ -272,8 +272,8 @@ def test_approximability_transfer_on_ray_equals_the_local_study(tiny, ray_cluste
 
     cfg = make_config(
         "quick", model="tiny-llama", device="cpu", traits=["owl", "french", "sad"], seeds=1,
-        layers="1", n_fit=6, n_heldout=4, n_general=4, kl_steps=2, approx_alphas=[0.0, 2.0],
-        n=12, steps=3, n_questions=4, n_boot=100, n_permutations=199,
+        layers="1", n_fit=4, n_heldout=3, n_general=3, kl_steps=2, approx_alphas=[0.0, 2.0],
+        n=8, steps=2, n_questions=3, n_boot=100, n_permutations=199,
     )  # fmt: skip
     local = run_approx_transfer(cfg, tmp_path / "local", quiet=True)
     # approximability runs in the calling process on either executor: reuse it, run the grid again
@@ -286,7 +286,7 @@ def test_approximability_transfer_on_ray_equals_the_local_study(tiny, ray_cluste
     assert _strip_runs(_without_volatile(ray_res)) == _strip_runs(_without_volatile(local))
     pts = tmp_path / "ray" / "points"
     ck = sorted(pts.glob("*/*/seed_0/control/checkpoints/*/*.safetensors"))
-    assert len(ck) == 6 * 2 and len({p.stat().st_ino for p in ck}) == 2  # steps 0 and 3, once
+    assert len(ck) == 6 * 2 and len({p.stat().st_ino for p in ck}) == 2  # steps 0 and 2, once
 
 
 def test_positive_control_on_ray_reuses_rows_from_an_earlier_call(tiny, ray_cluster, tmp_path):
