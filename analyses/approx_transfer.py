@@ -431,7 +431,30 @@ def verdict(rows: list[dict[str, Any]], tests: dict[str, Any]) -> str:
         why = ("almost nothing transferred from prompted teachers, so transfer has no spread to "
                "rank" if n_tr["prompted"] <= 1 else "the CI of rho includes 0")  # fmt: skip
         head = f"Cannot tell at this scale: {why} ({ci}; {ptxt})."
-    return f"{head} {facts}"
+    return f"{head} {facts}{_steered_sentence(rows, tests['steered'])}"
+
+
+def _steered_sentence(rows: list[dict[str, Any]], t: dict[str, Any]) -> str:
+    """The steered test in words, and a warning when its ratios divide by minute teacher gains.
+
+    A steered teacher whose vector barely moves the trait has a resolved but tiny gain; its ratio
+    is then noisy and can dominate a rank correlation, so the reader is told how far gains spread.
+    """
+    if t.get("rho") is None:
+        return ""
+    ci = f"rho {t['rho']:.2f} [{fmt_num(t['ci_low'])}, {fmt_num(t['ci_high'])}]"
+    resolved = (t.get("rejected") and t.get("ci_low") is not None and t.get("ci_high") is not None
+                and (t["ci_low"] > 0 or t["ci_high"] < 0))  # fmt: skip
+    holm = f", Holm {t['p_holm']:.3g}" if t.get("p_holm") is not None else ""
+    text = (f" Steered teachers: {ci} (permutation p {t['p']:.3g}{holm}), "
+            f"{'resolved' if resolved else 'not resolved after correction'}.")  # fmt: skip
+    gains = [(r["teachers"]["steered"]["stats"].get("teacher_gain") or {}).get("value")
+             for r in rows if r["trait"] in t.get("prompts", [])]  # fmt: skip
+    gains = [g for g in gains if g is not None and g > 0]
+    if len(gains) >= 2 and max(gains) > 100 * min(gains):
+        text += (f" Their teacher gains span {min(gains):.2g} to {max(gains):.2g}: ratios over the "
+                 "smallest divide by minute shifts and carry the widest CIs.")  # fmt: skip
+    return text
 
 
 # --- figures and report --------------------------------------------------------------------------

@@ -21,9 +21,12 @@ from analyses.approx_transfer import (
 from interp.core.errors import SublensError
 
 
-def _row(trait, approx, ratio, reps, transferred=False):
+def _row(trait, approx, ratio, reps, transferred=False, gain=0.1):
     teacher = {
-        "stats": {"transfer_ratio_vs_control": {"value": ratio, "defined": reps is not None}},
+        "stats": {
+            "transfer_ratio_vs_control": {"value": ratio, "defined": reps is not None},
+            "teacher_gain": {"value": gain},
+        },
         "ratio_replicates": reps,
         "transferred": transferred,
     }
@@ -70,6 +73,10 @@ def test_correlations_leave_out_undefined_prompts_and_holm_both_tests():
         assert t["rho"] == pytest.approx(1.0) and t["p_holm"] >= t["p"]
     text = verdict(rows, tests)
     assert text.startswith("Supports the claim") and "3 of 8 prompted teachers" in text
+    assert "Steered teachers: rho 1.00 [" in text and ", resolved." in text
+    assert "gains span" not in text  # every teacher gain is 0.1
+    rows[0]["teachers"]["steered"]["stats"]["teacher_gain"]["value"] = 1e-4
+    assert "Their teacher gains span 0.0001 to 0.1" in verdict(rows, tests)
     few = correlations(rows[:2] + rows[-2:], cfg)
     assert few["prompted"]["rho"] is None and "fewer than 3" in few["prompted"]["why"]
     assert verdict(rows[:2] + rows[-2:], few).startswith("Cannot tell")
