@@ -38,7 +38,7 @@ from analyses.studies import (
 from interp.core.errors import SublensError
 from interp.core.io import config_hash, read_json_dict, write_json, write_text
 from interp.distill.train import FULL_VOCAB_LABEL
-from interp.measure.verdicts import ONE_SEED_NOTE, above_zero, transfer_word
+from interp.measure.verdicts import ONE_SEED_NOTE, above_zero, bootstrap_p, holm, transfer_word
 
 STUDENTS = ("vector", "lora", "full")
 SELECTS = ("lls", "random")
@@ -425,7 +425,9 @@ def lls_vs_random(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (trait, student, objective) with both selections: LLS arm's student − control gain
     minus the random arm's, with a CI from the two arms' replicates. Both arms are resampled with
     the same seed and question draws (`seed_stats` uses one generator seed and the same sizes),
-    so the difference is paired by seed and question. "LLS stronger" needs the CI above 0."""
+    so the difference is paired by seed and question. "LLS stronger" needs >= 2 seeds and the
+    one-sided bootstrap p to survive Holm over the study's comparisons at 0.025 (alone: the 95%
+    CI above 0; several traits or students must each clear a stricter bar)."""
     by = {(a["trait"], a["student"], a["select"], a.get("objective", "logit-kl")): a for a in arms}
     out = []
     for (trait, student, select, objective), a in by.items():
@@ -438,17 +440,25 @@ def lls_vs_random(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {
             "trait": trait, "student": student, "objective": objective,
             "seeds": min(a["seeds"], b["seeds"]), "value": None,
-            "ci_low": None, "ci_high": None, "lls_stronger": False,
+            "ci_low": None, "ci_high": None, "p": None, "p_holm": None, "lls_stronger": False,
         }  # fmt: skip
         if da is not None and db is not None:
             entry["value"] = float(da - db)
         paired = ra is not None and rb is not None and np.shape(ra) == np.shape(rb)
         if paired and a["seeds"] == b["seeds"]:
-            lo, hi = np.nanpercentile(np.asarray(ra) - np.asarray(rb), [2.5, 97.5])
-            entry.update(ci_low=float(lo), ci_high=float(hi))
-            entry["lls_stronger"] = bool(lo > 0 and entry["seeds"] >= 2)
+            diff = np.asarray(ra) - np.asarray(rb)
+            lo, hi = np.nanpercentile(diff, [2.5, 97.5])
+            entry.update(ci_low=float(lo), ci_high=float(hi), p=bootstrap_p(diff.ravel()))
         out.append(entry)
+    tested = [c for c in out if c["p"] is not None]
+    for c, h in zip(tested, holm([c["p"] for c in tested], level=0.025), strict=True):
+        c["p_holm"] = h["p_holm"]
+        c["lls_stronger"] = bool(h["rejected"] and c["seeds"] >= 2 and c["ci_low"] > 0)
     return out
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.2g}"
 
 
 def findings(arms: list[dict[str, Any]], cfg: PCConfig) -> list[str]:
@@ -466,11 +476,19 @@ def findings(arms: list[dict[str, Any]], cfg: PCConfig) -> list[str]:
             f"{fmt_num(a['recovered_share'])} of alpha·|v| at cos "
             f"{fmt_num(a['recovered_cosine'])})."
         )
-    for c in lls_vs_random(arms):
+    comps = lls_vs_random(arms)
+    n_tests = sum(c["p"] is not None for c in comps)
+    for c in comps:
         verdict = (
-            "LLS rows carry more than random rows (CI above 0)"
+            f"LLS rows carry more than random rows (CI above 0; one-sided bootstrap p "
+            f"{c['p']:.2g}, Holm {c['p_holm']:.2g} over {n_tests} comparison(s))"
             if c["lls_stronger"]
             else "not resolved: LLS rows are not shown to carry more than random rows"
+            + (
+                f" (CI above 0, but Holm p {c['p_holm']:.2g} over {n_tests} comparisons)"
+                if c["ci_low"] is not None and c["ci_low"] > 0 and c["seeds"] >= 2
+                else ""
+            )
         )
         out.append(
             f"{c['trait']}, {c['student']}: LLS − random student − control gain "
@@ -617,12 +635,15 @@ def render_report(results: dict[str, Any], figures: list[str] | None = None) -> 
             "## LLS rows vs random rows of the same count",
             "",
             "Student − control gain with LLS-selected rows minus with random rows; the two arms "
-            "are resampled with the same seed and question draws, so the CI is paired.",
+            "are resampled with the same seed and question draws, so the CI is paired. p is the "
+            "one-sided bootstrap p of LLS > random; Holm corrects over the comparisons in this "
+            "table (at 0.025, the 95% CI's one side).",
             "",
-            "| trait | student | LLS − random | seeds | LLS stronger? |",
-            "|---|---|---|---|---|",
+            "| trait | student | LLS − random | seeds | p | Holm p | LLS stronger? |",
+            "|---|---|---|---|---|---|---|",
             *[
                 f"| {c['trait']} | {c['student']} | {ci_of(c, 'value', 4)} | {c['seeds']} | "
+                f"{_p(c.get('p'))} | {_p(c.get('p_holm'))} | "
                 f"{'yes' if c['lls_stronger'] else 'not resolved'} |"
                 for c in comps
             ],

@@ -149,7 +149,24 @@ def test_lls_vs_random_is_paired_and_needs_its_ci_above_zero():
     assert lls_vs_random([_arm("lls", 0.3, shared)]) == []  # no random arm: nothing to compare
     lines = findings([_arm("lls", 0.3, shared + 0.3), _arm("random", 0.0, shared)],
                      make_config("quick"))  # fmt: skip
-    assert any("LLS − random" in f and "CI above 0" in f for f in lines)
+    assert any("LLS − random" in f and "CI above 0" in f and "Holm" in f for f in lines)
+
+
+def test_lls_vs_random_is_holm_corrected_over_the_comparisons():
+    """2% of the paired replicates at or below 0: alone the 95% CI clears 0 and LLS is called
+    stronger; two such comparisons in one study (two traits) must each clear p <= 0.0125."""
+    rng = np.random.default_rng(1)
+    shared = rng.normal(0.0, 1.0, 2000)
+    edge = shared + np.linspace(-0.02, 0.98, 2000)  # about 2% of LLS − random at or below 0
+    (c,) = lls_vs_random([_arm("lls", 0.5, edge), _arm("random", 0.0, shared)])
+    assert c["ci_low"] > 0 and c["p"] == pytest.approx(0.02, abs=0.002) and c["lls_stronger"]
+    arms = [_arm("lls", 0.5, edge), _arm("random", 0.0, shared)]
+    arms += [{**a, "trait": "owl"} for a in arms]
+    got = lls_vs_random(arms)
+    assert len(got) == 2 and all(c["ci_low"] > 0 and not c["lls_stronger"] for c in got)
+    assert all(c["p_holm"] == pytest.approx(2 * c["p"]) for c in got)
+    lines = findings(arms, make_config("quick"))
+    assert sum("not resolved: LLS rows are not shown" in f for f in lines) == 2
 
 
 def test_a_later_selection_finds_the_rows_on_disk_only_when_they_match(study):
