@@ -14,7 +14,7 @@ from typing import Any
 
 from analyses.figures import ci_of, pyplot, save_png
 from analyses.reporting import timings_line
-from interp.core.io import write_text
+from interp.core.io import read_json_dict, write_text
 from interp.distill.run import TEACHER_GAIN_UNRESOLVED, RunConfig, run_distillation
 from interp.distill.train import FULL_VOCAB_LABEL
 from interp.measure.verdicts import (
@@ -99,7 +99,59 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     ax2.set_title("Training loss (each on its own data)", fontsize=10)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    return [save_png(fig, out / "trait_over_training.png")]
+    return [save_png(fig, out / "trait_over_training.png")] + _selection_figure(results, out)
+
+
+def _selection_figure(results: dict[str, Any], out: Path) -> list[str]:
+    if "selection" not in results:
+        return []
+    return selection_figure([Path(results["run"])], out / "lls_selection.png")
+
+
+def selection_figure(runs: list[Path], png: Path, title: str = "") -> list[str]:
+    """LLS of kept and dropped rows on each side (pooled over `runs`, e.g. seeds), and of the
+    control's rows under the trait teacher: whether a selection had anything to pick from is
+    visible before any training. [] when a run has no selection summary."""
+    metas = {n: [r / "data" / f"{n}.selected.select.json" for r in runs]
+             for n in ("teacher", "control")}  # fmt: skip
+    if not runs or not all(m.is_file() for ms in metas.values() for m in ms):
+        return []
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ref: list[float] = []
+    for r in runs:
+        sig = r / "data" / "signal.json"
+        if sig.is_file():
+            ref += [float(x) for x in read_json_dict(sig).get("scores_control_rows", [])]
+    titles = {"teacher": "trait teacher's rows (LLS: trait teacher − base)",
+              "control": "control's rows (LLS: neutral teacher − base)"}  # fmt: skip
+    for ax, (name, paths) in zip(axes, metas.items(), strict=True):
+        k_in: list[float] = []
+        k_out: list[float] = []
+        mode = ""
+        for path in paths:
+            meta = read_json_dict(path)
+            kept = set(meta.get("kept", []))
+            mode = str(meta.get("mode", ""))
+            for i, x in enumerate(meta.get("scores", [])):
+                (k_in if i in kept else k_out).append(float(x))
+        side_ref = ref if name == "teacher" else []
+        every = k_in + k_out + side_ref
+        lo, hi = (min(every), max(every)) if every else (0.0, 1.0)
+        bins = [lo + (hi - lo) * j / 30 for j in range(31)] if hi > lo else 10
+        if side_ref:
+            ax.hist(side_ref, bins=bins, histtype="step", color="0.3", linestyle="--",
+                    label=f"control's rows, same scorer ({len(side_ref)})")  # fmt: skip
+        ax.hist(k_out, bins=bins, color="0.8", edgecolor="0.5", label=f"dropped ({len(k_out)})")
+        ax.hist(k_in, bins=bins, color="black", alpha=0.7, label=f"kept, {mode} ({len(k_in)})")
+        ax.set_xlabel("mean per-token log-likelihood shift")
+        ax.set_ylabel("rows" + (f" (pooled over {len(runs)} runs)" if len(runs) > 1 else ""))
+        ax.set_title(titles[name], fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return [save_png(fig, png)]
 
 
 def control_caveat(results: dict[str, Any]) -> str | None:

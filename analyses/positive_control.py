@@ -534,7 +534,24 @@ def write_figures(results: dict[str, Any], out: Path) -> list[str]:
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     save_png(fig, out / "positive_control.png")
-    return ["positive_control.png", *_curve_figure(results, out)]
+    return ["positive_control.png", *_curve_figure(results, out), *_selection_figures(results, out)]
+
+
+def _selection_figures(results: dict[str, Any], out: Path) -> list[str]:
+    """Per trait, the LLS of the rows its first LLS arm kept and dropped, pooled over seeds
+    (every LLS arm of a trait trains on the same kept rows of a seed)."""
+    from analyses.distill import selection_figure
+
+    names: list[str] = []
+    for trait in dict.fromkeys(a["trait"] for a in results["arms"]):
+        arm = next((a for a in results["arms"] if a["trait"] == trait and a["select"] == "lls"),
+                   None)  # fmt: skip
+        if arm is None or not arm.get("runs"):
+            continue
+        png = f"lls_selection_{trait}.png"
+        title = f"{trait}: LLS of the kept and dropped rows, {len(arm['runs'])} seed(s)"
+        names += [png] if selection_figure([Path(r) for r in arm["runs"]], out / png, title) else []
+    return names
 
 
 def _curve_figure(results: dict[str, Any], out: Path) -> list[str]:

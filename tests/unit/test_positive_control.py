@@ -96,6 +96,16 @@ def test_random_rows_reuse_the_lls_arms_rows_and_scores(study):
     assert c["value"] == pytest.approx(smc[0] - smc[1])
     assert c["ci_low"] <= c["value"] <= c["ci_high"]
     assert "## LLS rows vs random rows" in (out / "report.md").read_text()
+    # the kept and dropped rows' LLS, pooled over the LLS arm's seeds, in the study's report
+    assert (
+        "![lls_selection_french.png](lls_selection_french.png)" in (out / "report.md").read_text()
+    )
+    assert (out / "lls_selection_french.png").stat().st_size > 5000
+    from analyses.distill import write_report  # `sublens distill run`'s report: one run's rows
+
+    one = json.loads((Path(lls["runs"][0]) / "results.json").read_text())
+    assert "![lls_selection.png](lls_selection.png)" in write_report(one).read_text()
+    assert (Path(lls["runs"][0]) / "lls_selection.png").stat().st_size > 5000
 
 
 def test_rerun_reuses_every_point(study):
