@@ -18,6 +18,7 @@ signal check (do the teacher's rows carry the trait).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -548,7 +549,7 @@ def _selection_figures(results: dict[str, Any], out: Path) -> list[str]:
                    None)  # fmt: skip
         if arm is None or not arm.get("runs"):
             continue
-        png = f"lls_selection_{trait}.png"
+        png = f"lls_selection_{re.sub(r'[^A-Za-z0-9_-]+', '_', trait)}.png"  # a trait may be a path
         title = f"{trait}: LLS of the kept and dropped rows, {len(arm['runs'])} seed(s)"
         names += [png] if selection_figure([Path(r) for r in arm["runs"]], out / png, title) else []
     return names
