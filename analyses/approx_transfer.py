@@ -47,7 +47,7 @@ from analyses.studies import (
 )
 from interp.core.errors import SublensError
 from interp.core.io import config_hash, read_json_dict, write_json, write_text
-from interp.measure.verdicts import above_zero, holm, min_attainable_p
+from interp.measure.verdicts import above_zero, excludes_zero, holm, min_attainable_p
 
 TEACHERS = ("prompted", "steered")
 STUDENTS = ("vector", "lora")
@@ -443,8 +443,7 @@ def _steered_sentence(rows: list[dict[str, Any]], t: dict[str, Any]) -> str:
     if t.get("rho") is None:
         return ""
     ci = f"rho {t['rho']:.2f} [{fmt_num(t['ci_low'])}, {fmt_num(t['ci_high'])}]"
-    resolved = (t.get("rejected") and t.get("ci_low") is not None and t.get("ci_high") is not None
-                and (t["ci_low"] > 0 or t["ci_high"] < 0))  # fmt: skip
+    resolved = bool(t.get("rejected")) and excludes_zero(t)
     holm = f", Holm {t['p_holm']:.3g}" if t.get("p_holm") is not None else ""
     text = (f" Steered teachers: {ci} (permutation p {t['p']:.3g}{holm}), "
             f"{'resolved' if resolved else 'not resolved after correction'}.")  # fmt: skip

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from analyses.figures import ci_of, pyplot, save_png
 from analyses.reporting import timings_line
 from interp.core.io import read_json_dict, write_text
@@ -138,7 +140,7 @@ def selection_figure(runs: list[Path], png: Path, title: str = "") -> list[str]:
         side_ref = ref if name == "teacher" else []
         every = k_in + k_out + side_ref
         lo, hi = (min(every), max(every)) if every else (0.0, 1.0)
-        bins = [lo + (hi - lo) * j / 30 for j in range(31)] if hi > lo else 10
+        bins = np.linspace(lo, hi, 31) if hi > lo else 10
         if side_ref:
             ax.hist(side_ref, bins=bins, histtype="step", color="0.3", linestyle="--",
                     label=f"control's rows, same scorer ({len(side_ref)})")  # fmt: skip

@@ -454,7 +454,7 @@ def lls_vs_random(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
     tested = [c for c in out if c["p"] is not None]
     for c, h in zip(tested, holm([c["p"] for c in tested], level=0.025), strict=True):
         c["p_holm"] = h["p_holm"]
-        c["lls_stronger"] = bool(h["rejected"] and c["seeds"] >= 2 and c["ci_low"] > 0)
+        c["lls_stronger"] = bool(h["rejected"] and c["seeds"] >= 2 and above_zero(c))
     return out
 
 
@@ -487,7 +487,7 @@ def findings(arms: list[dict[str, Any]], cfg: PCConfig) -> list[str]:
             else "not resolved: LLS rows are not shown to carry more than random rows"
             + (
                 f" (CI above 0, but Holm p {c['p_holm']:.2g} over {n_tests} comparisons)"
-                if c["ci_low"] is not None and c["ci_low"] > 0 and c["seeds"] >= 2
+                if above_zero(c) and c["seeds"] >= 2
                 else ""
             )
         )
