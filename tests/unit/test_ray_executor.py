@@ -194,6 +194,29 @@ def test_a_worker_uses_its_cpu_share_and_an_error_is_one_line(study, ray_cluster
     assert not o.ok and o.threads == 2 and "did not make" in o.error and "\n" not in o.error
 
 
+def test_each_point_gets_a_fresh_worker_unless_told(study, ray_cluster, tmp_path):
+    """A worker runs one point and exits (its memory goes back: long studies lost points to
+    Ray's OOM killer when workers ran point after point); points_per_worker=0 reuses workers."""
+    base = base_config(study / "run.toml", None, "full")
+
+    def pids(n_per_worker, tag):
+        pts = []
+        for i in range(3):
+            d = tmp_path / tag / f"p{i}"
+            d.mkdir(parents=True)
+            (d / "notes.txt").write_text("mine")  # fails at once: "did not make"
+            pts.append(Point(f"p{i}", point_config(base, d)))
+        ex = RayExecutor(cpus_per_point=2, points_per_worker=n_per_worker)
+        got = ex.run(pts)
+        assert all(not o.ok and o.pid for o in got.values())
+        return {o.pid for o in got.values()}
+
+    assert len(pids(1, "fresh")) == 3
+    assert len(pids(0, "reused")) < 3  # one point at a time (2 CPUs each): an idle worker is reused
+    with pytest.raises(SublensError, match="points_per_worker"):
+        RayExecutor(points_per_worker=-1)
+
+
 def test_grid_dependencies_must_come_first(study):
     base = base_config(study / "run.toml", None, "full")
     a = Point("a", point_config(base, study / "g/a"))
