@@ -294,7 +294,7 @@ class RayExecutor:
     retried. `points_per_worker`: how many points one worker process runs before Ray replaces it
     (its `max_calls`); 1 by default, because a worker that loads model after model keeps
     growing (a 2-core, 23 GB machine lost 9 of 72 gemma3-270m points to Ray's out-of-memory
-    killer after ~30 points per worker), and a fresh process returns everything; it costs a
+    killer, once even with ~5 points per worker), and a fresh process returns everything; it costs a
     worker start (~7 s) per point, which only matters for points of seconds."""
 
     name = "ray"
