@@ -1173,7 +1173,7 @@ def study_approx_transfer_cmd(
     model: Model = "smollm2-135m",
     preset: Annotated[
         str,
-        typer.Option("--preset", help="quick (~2 h on 2 cores), full, or paper (one GPU)."),
+        typer.Option("--preset", help="quick (~2.5 h on 2 cores), full, or paper (one GPU)."),
     ] = "quick",
     traits: Annotated[
         str | None, typer.Option("--traits", help="Trait prompts (default: 12 built-ins).")

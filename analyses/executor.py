@@ -311,15 +311,15 @@ class RayExecutor:
             raise SublensError(f"--cpus-per-point must be at least 1, got {cpus_per_point}")
         if gpus_per_point < 0:
             raise SublensError(f"--gpus-per-point must be 0 or more, got {gpus_per_point}")
+        if points_per_worker < 0:
+            raise SublensError(
+                f"points_per_worker must be 0 (no limit) or more, got {points_per_worker}"
+            )
         self.ray = _ray_module()
         self.address = address
         self.cpus_per_point = int(cpus_per_point)
         self.gpus_per_point = gpus_per_point
         self.max_retries = max_retries
-        if points_per_worker < 0:
-            raise SublensError(
-                f"points_per_worker must be 0 (no limit) or more, got {points_per_worker}"
-            )
         self.points_per_worker = int(points_per_worker)
         self._started = False
 
